@@ -1,0 +1,3 @@
+from recbole_missrec.data.dataset import MISSRecDataset
+
+__all__ = ["MISSRecDataset"]

@@ -1,0 +1,3 @@
+from recbole_missrec.model.missrec import MISSRec
+
+__all__ = ["MISSRec"]

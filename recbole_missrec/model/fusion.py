@@ -1,0 +1,26 @@
+"""Candidate-side fusion of per-modality cosine scores (spec §3.4).
+
+Dynamic fusion lets each (user, item) pair lean on the modality that matches better: weights are
+softmax(f * cos) over the modalities, with one learnable scalar f (f = 0 is the plain mean). Modalities an
+item does not have are masked out and the weights renormalised over the ones it has (spec §9 #16).
+"""
+import torch
+
+
+def fuse_modalities(cos, present, factor=None):
+    """cos: [..., M] cosine per modality; present: bool, broadcastable to cos; factor: scalar tensor or None.
+
+    ``factor=None`` is the static fusion (mean over present modalities). Returns [...].
+    """
+    present = present.expand_as(cos)
+    if factor is None:
+        weights = present.to(cos.dtype) / present.sum(dim=-1, keepdim=True).clamp_min(1)
+    else:
+        logits = (factor * cos).masked_fill(~present, float("-inf"))
+        weights = torch.softmax(logits, dim=-1)
+    return (weights * cos).sum(dim=-1)
+
+
+def mix_id_score(id_cos, modal_score):
+    """Transductive mix of the ID cosine with the fused modality score: (id + 2 * mm) / 3."""
+    return (id_cos + 2 * modal_score) / 3

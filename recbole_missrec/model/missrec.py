@@ -1,0 +1,231 @@
+"""MISSRec: multi-modal interest-aware sequence representation (ACM MM 2023), spec §3.
+
+A contextual encoder reads the sequence's interest tokens (global clusters of item-modality tokens, see
+``interest.py``); an interest-aware decoder reads the item tokens and attends to them. Candidates are
+scored by a user-adaptive fusion of per-modality cosines (``fusion.py``).
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+from recbole.model.abstract_recommender import SequentialRecommender
+from torch import nn
+
+from recbole_missrec.model.fusion import fuse_modalities, mix_id_score
+from recbole_missrec.model.interest import dpc_knn, kmeans, num_interests, unique_per_row
+from recbole_missrec.model.losses import diversity_penalty, full_softmax_ce
+
+TRAIN_STAGES = ("inductive_ft", "transductive_ft")
+SEQ_FUSIONS = {"add": "add", "contextual": "contextual", "stack": "contextual"}
+ITEM_FUSIONS = ("dynamic_shared", "static")
+
+
+def _choice(config, key, allowed):
+    value = config[key]
+    if value not in allowed:
+        raise ValueError(f"{key}={value!r} is not supported; use one of {list(allowed)}")
+    return value
+
+
+class MISSRec(SequentialRecommender):
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        self.train_stage = _choice(config, "train_stage", TRAIN_STAGES)
+        self.hidden_size = config["hidden_size"]
+        self.n_layers = config["n_layers"]
+        self.n_heads = config["n_heads"]
+        self.inner_size = config["inner_size"]
+        self.hidden_dropout_prob = config["hidden_dropout_prob"]
+        self.hidden_act = config["hidden_act"]
+        self.layer_norm_eps = config["layer_norm_eps"]
+        self.initializer_range = config["initializer_range"]
+        self.temperature = config["temperature"]
+        self.gamma = config["gamma"]
+        self.seq_mm_fusion = SEQ_FUSIONS[_choice(config, "seq_mm_fusion", SEQ_FUSIONS)]
+        self.item_mm_fusion = _choice(config, "item_mm_fusion", ITEM_FUSIONS)
+        self.mask_missing_modality = config["mask_missing_modality"]
+        self.reference_penalty = _choice(config, "diversity_penalty", ("masked_mean", "reference")) == "reference"
+        self.interest_method = _choice(config, "interest_method", ("kmeans", "dpc_knn"))
+        self.kmeans_max_iter = config["kmeans_max_iter"]
+        self.kmeans_tol = config["kmeans_tol"]
+        self.dpc_knn_ratio = config["dpc_knn_ratio"]
+        self.dpc_max_tokens = config["dpc_max_tokens"]
+
+        self.modalities = list(dataset.modal_features)
+        for modality, table in dataset.modal_features.items():
+            self.register_buffer(f"{modality}_features", table, persistent=False)
+        self.register_buffer("item_present", self._presence(dataset.modal_missing), persistent=False)
+
+        d = self.hidden_size
+        self.adapters = nn.ModuleDict(
+            {m: nn.Linear(table.shape[1], d) for m, table in dataset.modal_features.items()}
+        )
+        self.position_embedding = nn.Embedding(self.max_seq_length, d)
+        self.item_embedding = (
+            nn.Embedding(self.n_items, d, padding_idx=0) if self.train_stage == "transductive_ft" else None
+        )
+        self.input_norm = nn.LayerNorm(d, eps=self.layer_norm_eps)
+        self.dropout = nn.Dropout(self.hidden_dropout_prob)
+        n_encoder = max(1, self.n_layers // 2)
+        self.transformer = nn.Transformer(
+            d_model=d,
+            nhead=self.n_heads,
+            num_encoder_layers=n_encoder,
+            num_decoder_layers=max(1, self.n_layers - n_encoder),
+            dim_feedforward=self.inner_size,
+            dropout=self.hidden_dropout_prob,
+            activation=self.hidden_act,
+            layer_norm_eps=self.layer_norm_eps,
+            batch_first=True,
+        )
+        dynamic = self.item_mm_fusion == "dynamic_shared" and len(self.modalities) > 1
+        self.fusion_factor = nn.Parameter(torch.zeros(())) if dynamic else None
+
+        num_tokens = int(self.item_present[1:].sum())
+        self.n_interests = num_interests(num_tokens, config["interest_ratio"], config["num_interest"])
+        self.register_buffer("interest_centroids", torch.zeros(self.n_interests + 1, d))
+        self.register_buffer("interest_lookup", torch.zeros(self.n_items, len(self.modalities), dtype=torch.long))
+        self.register_buffer("interests_ready", torch.tensor(False))
+
+        for module in (self.position_embedding, self.item_embedding, self.input_norm, self.transformer):
+            if module is not None:
+                module.apply(self._init_weights)
+
+    def _presence(self, missing):
+        """[n_items, M] bool: which modality tokens are real. Without masking every token counts (the
+        reference: a zero row becomes the adapter bias). An item with no modality keeps all of them, so
+        every item has at least one token and nothing is ever fully masked."""
+        present = ~missing if self.mask_missing_modality else torch.ones_like(missing)
+        present[~present.any(dim=1)] = True
+        return present
+
+    def _init_weights(self, module):
+        """N(0, 0.02) for linear maps and embeddings, as the reference; attention in-projections keep
+        PyTorch's Xavier init and the modality adapters its default (spec §3.1)."""
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            module.weight.data.normal_(mean=0.0, std=self.initializer_range)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            module.bias.data.zero_()
+        elif isinstance(module, nn.LayerNorm):
+            module.weight.data.fill_(1.0)
+            module.bias.data.zero_()
+        if isinstance(module, nn.Embedding) and module.padding_idx is not None:
+            module.weight.data[module.padding_idx].zero_()
+
+    def modality_tokens(self, item_ids):
+        """Adapted feature tokens of the given items: [*item_ids.shape, M, d]."""
+        return torch.stack(
+            [self.adapters[m](getattr(self, f"{m}_features")[item_ids]) for m in self.modalities], dim=-2
+        )
+
+    # ---- interests -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def discover_interests(self, generator=None):
+        """Cluster every real item-modality token into K interests; fill centroids and the lookup table.
+
+        Returns the number of interests that received at least one token.
+        """
+        present = self.item_present[1:]  # [N-1, M]
+        points = self.modality_tokens(torch.arange(1, self.n_items, device=present.device))[present]  # [T, d]
+        if self.interest_method == "kmeans":
+            centroids, labels = kmeans(
+                points, self.n_interests, max_iter=self.kmeans_max_iter, tol=self.kmeans_tol, generator=generator
+            )
+        else:
+            neighbours = math.ceil(points.shape[0] * self.dpc_knn_ratio)
+            centroids, labels = dpc_knn(points, self.n_interests, neighbours, self.dpc_max_tokens)
+        self.interest_centroids.zero_()
+        self.interest_centroids[1:] = centroids
+        lookup = torch.zeros_like(self.interest_lookup[1:])
+        lookup[present] = labels + 1
+        self.interest_lookup.zero_()
+        self.interest_lookup[1:] = lookup
+        self.interests_ready.fill_(True)
+        return int(torch.unique(labels).numel())
+
+    def _encode_interests(self, item_seq):
+        """Contextual encoder over each sequence's distinct interests. Returns memory [B, Q, d] and
+        valid [B, Q] (False = padding)."""
+        if not bool(self.interests_ready):
+            raise RuntimeError(
+                "MISSRec has no interests yet: run model.discover_interests() (MISSRecTrainer does it at "
+                "the start of every epoch) or load a checkpoint saved after training."
+            )
+        interest_ids = unique_per_row(self.interest_lookup[item_seq].flatten(1))  # [B, Q]
+        valid = interest_ids > 0
+        valid[:, 0] |= ~valid.any(dim=1)  # a sequence with no interest attends to the zero token
+        memory = self.transformer.encoder(self.interest_centroids[interest_ids], src_key_padding_mask=~valid)
+        return memory, valid
+
+    # ---- sequence side ---------------------------------------------------------------------------
+    def _decoder_input(self, item_seq, present):
+        """Item tokens for the decoder and their key-padding mask.
+
+        add: one token per position, the sum of its real modality tokens. contextual: one token per
+        (modality, position), laid out modality-major [B, M*L, d].
+        """
+        tokens = self.modality_tokens(item_seq) * present.unsqueeze(-1)  # [B, L, M, d]
+        position = self.position_embedding(torch.arange(item_seq.shape[1], device=item_seq.device))
+        extra = position.unsqueeze(0)  # [1, L, d]
+        if self.item_embedding is not None:
+            extra = extra + self.item_embedding(item_seq)
+        padding = item_seq == 0  # [B, L]
+        if self.seq_mm_fusion == "add":
+            tokens = tokens.sum(dim=-2) + extra
+        else:
+            tokens = (tokens + extra.unsqueeze(-2)).transpose(1, 2).flatten(1, 2)
+            padding = (padding.unsqueeze(-1) | ~present).transpose(1, 2).flatten(1)
+        return self.dropout(self.input_norm(tokens)), padding
+
+    def _read_out(self, output, item_seq_len, present_last):
+        """Decoder output at the last real item; in contextual mode the mean over that item's modalities."""
+        if self.seq_mm_fusion == "add":
+            return self.gather_indexes(output, item_seq_len - 1)
+        per_modality = output.unflatten(1, (len(self.modalities), -1))  # [B, M, L, d]
+        index = (item_seq_len - 1).view(-1, 1, 1, 1).expand(-1, per_modality.shape[1], 1, output.shape[-1])
+        last = per_modality.gather(2, index).squeeze(2)  # [B, M, d]
+        weights = present_last.to(last.dtype).unsqueeze(-1)
+        return (last * weights).sum(dim=1) / weights.sum(dim=1)
+
+    def encode(self, item_seq, item_seq_len):
+        """Returns the L2-normalised sequence vector [B, d], the interest memory [B, Q, d], its mask."""
+        memory, valid = self._encode_interests(item_seq)
+        present = self.item_present[item_seq]  # [B, L, M]
+        tokens, padding = self._decoder_input(item_seq, present)
+        output = self.transformer.decoder(
+            tokens, memory, tgt_key_padding_mask=padding, memory_key_padding_mask=~valid
+        )
+        present_last = present.gather(1, (item_seq_len - 1).view(-1, 1, 1).expand(-1, 1, present.shape[-1]))
+        seq_output = self._read_out(output, item_seq_len, present_last.squeeze(1))
+        return F.normalize(seq_output, dim=-1), memory, valid
+
+    def forward(self, item_seq, item_seq_len):
+        return self.encode(item_seq, item_seq_len)[0]
+
+    # ---- item side -------------------------------------------------------------------------------
+    def score(self, seq_output, item_ids, paired=False):
+        """Logits of candidates: item_ids [C] shared by every sequence -> [B, C]; paired=True: item_ids [B]
+        one candidate per sequence -> [B]."""
+        candidates = F.normalize(self.modality_tokens(item_ids), dim=-1)  # [C, M, d]
+        pattern = "bd,bmd->bm" if paired else "bd,cmd->bcm"
+        cosine = torch.einsum(pattern, seq_output, candidates)
+        logits = fuse_modalities(cosine, self.item_present[item_ids], self.fusion_factor)
+        if self.item_embedding is not None:
+            ids = F.normalize(self.item_embedding(item_ids), dim=-1)
+            id_cosine = (seq_output * ids).sum(-1) if paired else seq_output @ ids.T
+            logits = mix_id_score(id_cosine, logits)
+        return logits / self.temperature
+
+    def calculate_loss(self, interaction):
+        seq_output, memory, valid = self.encode(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
+        all_items = torch.arange(self.n_items, device=seq_output.device)
+        loss = full_softmax_ce(self.score(seq_output, all_items), interaction[self.POS_ITEM_ID])
+        return loss + self.gamma * diversity_penalty(memory, valid, reference=self.reference_penalty)
+
+    def predict(self, interaction):
+        seq_output = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
+        return self.score(seq_output, interaction[self.ITEM_ID], paired=True)
+
+    def full_sort_predict(self, interaction):
+        seq_output = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
+        return self.score(seq_output, torch.arange(self.n_items, device=seq_output.device))

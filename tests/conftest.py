@@ -1,0 +1,120 @@
+"""Shared fixtures: isolation from RecBole's side effects, tiny synthetic datasets and models."""
+import os
+import sys
+import types
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED_DATA = os.path.join(os.path.dirname(ROOT), "shared", "data")
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, monkeypatch):
+    """RecBole's Config parses sys.argv and writes log/, log_tensorboard/ and saved/ into the working
+    directory; the ml-100k feature cache lives under RECBOLE_MISSREC_CACHE."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["pytest"])
+    monkeypatch.setenv("RECBOLE_MISSREC_CACHE", str(tmp_path / "cache"))
+    return tmp_path
+
+
+class ModelConfig(dict):
+    """A dict that answers None for unknown keys, like RecBole's Config."""
+
+    def __missing__(self, key):
+        return None
+
+
+def missrec_defaults():
+    with open(os.path.join(ROOT, "properties", "MISSRec.yaml")) as handle:
+        return yaml.safe_load(handle)
+
+
+def model_config(**overrides):
+    config = ModelConfig(missrec_defaults())
+    config.update(
+        USER_ID_FIELD="user_id", ITEM_ID_FIELD="item_id", LIST_SUFFIX="_list", ITEM_LIST_LENGTH_FIELD="item_length",
+        NEG_PREFIX="neg_", MAX_ITEM_LIST_LENGTH=8, device="cpu", train_stage="transductive_ft",
+        hidden_size=16, inner_size=32, n_heads=2, hidden_dropout_prob=0.0,
+    )
+    config.update(overrides)
+    return config
+
+
+def fake_dataset(n_items=12, dims=(10, 6), missing_rows=(3, 5), seed=0):
+    """An object with what MISSRec reads from a MISSRecDataset: item count, feature tables, missing mask.
+
+    Items in ``missing_rows`` lack the last modality (all-zero row); row 0 is the padding item.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    names = ("text", "img")[: len(dims)]
+    features = {}
+    for name, dim in zip(names, dims):
+        table = torch.randn(n_items, dim, generator=generator)
+        table[0] = 0
+        features[name] = table
+    features[names[-1]][list(missing_rows)] = 0
+    missing = torch.stack([~table.any(dim=1) for table in features.values()], dim=1)
+    return types.SimpleNamespace(num=lambda field: n_items, modal_features=features, modal_missing=missing)
+
+
+def write_benchmark_dataset(root, name="toy", n_users=40, n_items=30, text_dim=16, img_dim=12,
+                            missing_img=(2, 7, 11), seed=0, atomic=False):
+    """A small dataset in the UniSRec layout the plugin reads (or a plain atomic .inter with timestamps).
+
+    Returns the dataset folder. Item tokens are 0..n_items-1 = feature rows.
+    """
+    rng = np.random.default_rng(seed)
+    folder = os.path.join(root, name)
+    os.makedirs(folder, exist_ok=True)
+    histories = []
+    for _ in range(n_users):
+        length = int(rng.integers(5, 10))
+        start = int(rng.integers(0, n_items))
+        histories.append([(start + 2 * step + int(rng.integers(0, 2))) % n_items for step in range(length)])
+    if atomic:
+        with open(os.path.join(folder, f"{name}.inter"), "w") as handle:
+            handle.write("user_id:token\titem_id:token\ttimestamp:float\n")
+            for user, items in enumerate(histories):
+                for t, item in enumerate(items):
+                    handle.write(f"{user}\t{item}\t{1000 * user + t}\n")
+    else:
+        rows = {"train": [], "valid": [], "test": []}
+        for user, items in enumerate(histories):
+            n = len(items)
+            for k in range(1, n - 2):
+                rows["train"].append((user, items[max(0, k - 50):k], items[k]))
+            rows["valid"].append((user, items[: n - 2], items[n - 2]))
+            rows["test"].append((user, items[: n - 1], items[n - 1]))
+        for split, split_rows in rows.items():
+            with open(os.path.join(folder, f"{name}.{split}.inter"), "w") as handle:
+                handle.write("user_id:token\titem_id_list:token_seq\titem_id:token\n")
+                for user, history, target in split_rows:
+                    handle.write(f"{user}\t{' '.join(map(str, history))}\t{target}\n")
+    # Features carry the item's "position on the cycle" so that the next item is learnable.
+    angle = 2 * np.pi * np.arange(n_items) / n_items
+    base = np.stack([np.cos(angle), np.sin(angle)], axis=1)
+    text = np.concatenate([base, 0.1 * rng.standard_normal((n_items, text_dim - 2))], axis=1).astype(np.float32)
+    image = np.concatenate([base, 0.1 * rng.standard_normal((n_items, img_dim - 2))], axis=1).astype(np.float32)
+    image[list(missing_img)] = 0
+    text.tofile(os.path.join(folder, f"{name}.feat1CLS"))
+    image.tofile(os.path.join(folder, f"{name}.feat3CLS"))
+    return folder
+
+
+def tiny_run_config(root, **overrides):
+    """config_dict for a fast end-to-end run on a dataset written by write_benchmark_dataset."""
+    config = {
+        "data_path": str(root), "checkpoint_dir": os.path.join(str(root), "saved"),
+        "benchmark_filename": ["train", "valid", "test"], "alias_of_item_id": ["item_id_list"],
+        "load_col": {"inter": ["user_id", "item_id_list", "item_id"]},
+        "plm_size": 16, "img_size": 12, "hidden_size": 32, "inner_size": 32, "n_heads": 2,
+        "MAX_ITEM_LIST_LENGTH": 10, "epochs": 2, "train_batch_size": 64, "eval_batch_size": 64,
+        "seed": 7, "use_gpu": False, "state": "WARNING",
+    }
+    config.update(overrides)
+    return config

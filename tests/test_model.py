@@ -1,0 +1,169 @@
+import pytest
+import torch
+
+from conftest import fake_dataset, model_config
+from recbole_missrec.model import MISSRec
+from recbole_missrec.model.fusion import fuse_modalities, mix_id_score
+from recbole_missrec.model.losses import diversity_penalty, full_softmax_ce
+
+
+def build(seed=0, **overrides):
+    torch.manual_seed(seed)
+    dataset = fake_dataset(**overrides.pop("data", {}))
+    model = MISSRec(model_config(**overrides), dataset)
+    model.discover_interests(torch.Generator().manual_seed(0))
+    return model.eval()
+
+
+SEQ = torch.tensor([[1, 2, 3, 0, 0], [4, 5, 6, 7, 8], [9, 0, 0, 0, 0]])
+LEN = torch.tensor([3, 5, 1])
+
+
+def batch(target=(4, 9, 2)):
+    return {"item_id_list": SEQ, "item_length": LEN, "item_id": torch.tensor(target)}
+
+
+def test_encoder_decoder_shapes_and_masks():
+    model = build()
+    seq_output, memory, valid = model.encode(SEQ, LEN)
+    assert seq_output.shape == (3, 16)
+    assert torch.allclose(seq_output.norm(dim=1), torch.ones(3))
+    assert memory.shape[:2] == valid.shape and memory.shape[2] == 16
+    # interests of row 2 (one item) are that item's present modality tokens
+    expected = set(model.interest_lookup[9].tolist()) - {0}
+    assert valid[2].sum().item() == len(expected)
+    tokens, padding = model._decoder_input(SEQ, model.item_present[SEQ])
+    assert tokens.shape == (3, 5, 16) and torch.equal(padding, SEQ == 0)
+
+
+def test_contextual_mode_has_one_token_per_modality_and_masks_missing_ones():
+    model = build(seq_mm_fusion="stack")  # the reference yaml's name for contextual
+    present = model.item_present[SEQ]
+    tokens, padding = model._decoder_input(SEQ, present)
+    assert tokens.shape == (3, 10, 16)
+    # image block starts at column 5; items 3 and 5 have no image
+    assert padding[1, 5 + 0].item() is False and padding[1, 5 + 1].item() is True  # items 4, 5
+    assert padding[0, 5 + 2].item() is True and padding[0, 2].item() is False  # item 3: text kept
+    assert model.full_sort_predict(batch()).shape == (3, 12)
+
+
+def test_scores_cover_all_items_and_predict_agrees_with_full_sort():
+    model = build()
+    full = model.full_sort_predict(batch())
+    paired = model.predict(batch())
+    assert full.shape == (3, 12)
+    assert torch.allclose(paired, full[torch.arange(3), torch.tensor([4, 9, 2])], atol=1e-5)
+
+
+def test_fusion_with_zero_factor_is_the_static_mean():
+    cos = torch.randn(4, 7, 2)
+    present = torch.ones(7, 2, dtype=torch.bool)
+    assert torch.allclose(fuse_modalities(cos, present, torch.tensor(0.0)), cos.mean(-1))
+    assert torch.allclose(fuse_modalities(cos, present, None), cos.mean(-1))
+    sharp = fuse_modalities(cos, present, torch.tensor(50.0))
+    assert torch.allclose(sharp, cos.max(-1).values, atol=1e-2)  # f >> 0 favours the better modality
+
+
+def test_fusion_ignores_a_missing_modality():
+    cos = torch.tensor([[[0.2, 0.9], [0.4, -0.5]]])
+    present = torch.tensor([[True, False], [True, True]])
+    for factor in (None, torch.tensor(0.0), torch.tensor(3.0)):
+        fused = fuse_modalities(cos, present, factor)
+        assert fused[0, 0].item() == pytest.approx(0.2)  # only the text cosine counts
+
+
+def test_transductive_mix_is_id_plus_twice_modal_over_three():
+    assert mix_id_score(torch.tensor(0.3), torch.tensor(0.6)).item() == pytest.approx((0.3 + 1.2) / 3)
+    model = build()
+    seq = model.forward(SEQ, LEN)
+    items = torch.arange(12)
+    ids = torch.nn.functional.normalize(model.item_embedding(items), dim=-1)
+    embedding, model.item_embedding = model.item_embedding, None
+    modal = model.score(seq, items)
+    model.item_embedding = embedding
+    expected = (seq @ ids.T + 2 * modal * model.temperature) / 3 / model.temperature
+    assert torch.allclose(model.score(seq, items), expected, atol=1e-5)
+
+
+def test_padding_item_is_never_a_training_class():
+    logits = torch.randn(3, 6)
+    target = torch.tensor([1, 5, 2])
+    changed = logits.clone()
+    changed[:, 0] = 1e4
+    assert torch.allclose(full_softmax_ce(logits, target), full_softmax_ce(changed, target))
+    assert torch.allclose(full_softmax_ce(logits, target), torch.nn.functional.cross_entropy(logits[:, 1:], target - 1))
+
+
+def test_missing_modality_is_masked_by_default():
+    model = build()
+    assert model.item_present[3].tolist() == [True, False]
+    assert model.interest_lookup[3, 1].item() == 0  # no interest token for the missing image
+    tokens, _ = model._decoder_input(torch.tensor([[3]]), model.item_present[torch.tensor([[3]])])
+    text_only = model.adapters["text"](model.text_features[3]) + model.item_embedding.weight[3]
+    text_only = model.input_norm(text_only + model.position_embedding.weight[0])
+    assert torch.allclose(tokens[0, 0], text_only, atol=1e-5)
+
+
+def test_reference_behaviour_treats_missing_rows_as_bias_tokens():
+    model = build(mask_missing_modality=False)
+    assert model.item_present[1:].all()
+    assert model.interest_lookup[3, 1].item() > 0
+    assert model.n_interests == 11  # ceil(0.5 * 2 * 11 tokens)
+
+
+def test_forward_before_interest_discovery_fails_clearly():
+    torch.manual_seed(0)
+    model = MISSRec(model_config(), fake_dataset())
+    with pytest.raises(RuntimeError, match="discover_interests"):
+        model.full_sort_predict(batch())
+
+
+def test_sequence_without_any_interest_gives_no_nan():
+    model = build()
+    model.interest_lookup.zero_()
+    assert torch.isfinite(model.full_sort_predict(batch())).all()
+
+
+def test_parameter_counts_match_the_reference():
+    config = model_config(hidden_size=300, inner_size=256, n_heads=4, MAX_ITEM_LIST_LENGTH=50, train_stage="inductive_ft")
+    model = MISSRec(config, fake_dataset(n_items=20, dims=(512, 512)))
+    assert sum(p.numel() for p in model.parameters()) == 1_719_513  # spec §3.1
+    transductive = MISSRec(model_config(**{**config, "train_stage": "transductive_ft"}), fake_dataset(n_items=20, dims=(512, 512)))
+    assert sum(p.numel() for p in transductive.parameters()) == 1_719_513 + 300 * 20
+
+
+def test_feature_tables_are_not_saved_but_interests_are():
+    state = build().state_dict()
+    assert "text_features" not in state and "item_present" not in state
+    assert {"interest_centroids", "interest_lookup", "interests_ready"} <= set(state)
+
+
+def test_diversity_penalty_masked_mean_and_reference():
+    memory = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [9.0, 9.0]]])
+    valid = torch.tensor([[True, True, False]])
+    # masked mean of the two real rows = (2, 3): (4 + 9) / 2 dims
+    assert diversity_penalty(memory, valid).item() == pytest.approx(13 / 2)
+    # reference: (2 valid / 3) * sum of all rows (13, 15) -> ((26/3)^2 + 10^2) / 2
+    assert diversity_penalty(memory, valid, reference=True).item() == pytest.approx(((26 / 3) ** 2 + 100) / 2)
+
+
+def test_loss_is_finite_and_backpropagates_into_adapters():
+    model = build().train()
+    loss = model.calculate_loss(batch())
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert model.adapters["text"].weight.grad.abs().sum() > 0
+    assert model.fusion_factor.grad is not None
+
+
+def test_single_modality_model():
+    model = build(data={"dims": (10,)}, train_stage="inductive_ft")
+    assert model.fusion_factor is None and model.item_embedding is None
+    assert model.full_sort_predict(batch()).shape == (3, 12)
+
+
+def test_unknown_options_are_refused():
+    with pytest.raises(ValueError, match="seq_mm_fusion"):
+        MISSRec(model_config(seq_mm_fusion="concat"), fake_dataset())
+    with pytest.raises(ValueError, match="train_stage"):
+        MISSRec(model_config(train_stage="pretrain_typo"), fake_dataset())

@@ -1,0 +1,99 @@
+import os
+
+import pytest
+import torch
+from recbole.config import Config
+from recbole.data import data_preparation
+from recbole.utils import init_seed
+
+from conftest import SHARED_DATA, tiny_run_config, write_benchmark_dataset
+from recbole_missrec.data.feature_file import FeatureFileError
+from recbole_missrec.model import MISSRec
+from recbole_missrec.quick_start import default_config_files, run_recbole_missrec
+from recbole_missrec.trainer import MISSRecTrainer, load_state
+from recbole_missrec.utils import create_dataset, get_trainer
+
+METRICS = ("hit@5", "hit@10", "ndcg@5", "ndcg@10")
+
+
+def check_result(result, epochs):
+    assert set(METRICS) <= set(result["test_result"])
+    assert all(0 <= result["test_result"][metric] <= 1 for metric in METRICS)
+    assert len(result["history"]) == epochs
+    assert all(record["train_seconds"] > 0 and "valid_score" in record for record in result["history"])
+
+
+def test_missrec_end_to_end_on_benchmark_files(tmp_path):
+    write_benchmark_dataset(tmp_path)
+    config = tiny_run_config(tmp_path, epochs=3, learning_rate=0.01, topk=[5, 10], valid_metric="NDCG@10")
+    result = run_recbole_missrec("MISSRec", "toy", config_dict=config)
+    check_result(result, epochs=3)
+    losses = [record["train_loss"] for record in result["history"]]
+    assert losses[-1] < losses[0]
+    assert os.path.isfile(result["checkpoint"])
+    assert result["trainable_params"] == result["total_params"] > 0
+
+
+def test_missrec_inductive_on_atomic_inter_split_by_recbole(tmp_path):
+    write_benchmark_dataset(tmp_path, atomic=True)
+    config = tiny_run_config(
+        tmp_path, epochs=1, topk=[5, 10], train_stage="inductive_ft", benchmark_filename=None, alias_of_item_id=None,
+        load_col={"inter": ["user_id", "item_id", "timestamp"]}, modal_type="text",
+    )
+    result = run_recbole_missrec("MISSRec", "toy", config_dict=config)
+    check_result(result, epochs=1)
+
+
+def test_recbole_baseline_through_the_same_entry_point(tmp_path):
+    write_benchmark_dataset(tmp_path)
+    config = tiny_run_config(tmp_path, epochs=1, topk=[5, 10], hidden_size=16, inner_size=16)
+    result = run_recbole_missrec("SASRec", "toy", config_dict=config)
+    check_result(result, epochs=1)
+    assert load_state(result["checkpoint"])["model"] == "SASRec"  # weights-only checkpoint
+    assert get_trainer(None, "MISSRec") is MISSRecTrainer
+
+
+def test_checkpoint_round_trip_gives_identical_scores(tmp_path):
+    write_benchmark_dataset(tmp_path)
+    files = default_config_files("MISSRec", "toy")
+    config = Config(model=MISSRec, dataset="toy", config_file_list=files, config_dict=tiny_run_config(tmp_path, topk=[5, 10]))
+    init_seed(config["seed"], config["reproducibility"])
+    train_data, valid_data, test_data = data_preparation(config, create_dataset(config))
+    model = MISSRec(config, train_data._dataset)
+    trainer = MISSRecTrainer(config, model)
+    trainer.fit(train_data, valid_data, saved=True)
+    result = trainer.evaluate(test_data, load_best_model=True)
+
+    fresh = MISSRec(config, train_data._dataset)
+    fresh.load_state_dict(load_state(trainer.saved_model_file)["state_dict"])  # no re-clustering
+    batch = next(iter(test_data))[0]
+    with torch.no_grad():
+        assert torch.equal(model.eval().full_sort_predict(batch), fresh.eval().full_sort_predict(batch))
+    assert MISSRecTrainer(config, fresh).evaluate(test_data, load_best_model=False) == result
+
+
+def test_missing_feature_file_names_the_file(tmp_path):
+    folder = write_benchmark_dataset(tmp_path)
+    os.remove(os.path.join(folder, "toy.feat3CLS"))
+    with pytest.raises(FeatureFileError, match=r"toy\.feat3CLS"):
+        run_recbole_missrec("MISSRec", "toy", config_dict=tiny_run_config(tmp_path))
+    result = run_recbole_missrec("MISSRec", "toy", config_dict=tiny_run_config(tmp_path, modal_type="text", epochs=1, topk=[5, 10]))
+    check_result(result, epochs=1)
+
+
+def test_unknown_dataset_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="no_such_dataset"):
+        run_recbole_missrec("MISSRec", "no_such_dataset", config_dict=tiny_run_config(tmp_path))
+
+
+@pytest.mark.skipif(
+    not os.path.isdir(os.path.join(SHARED_DATA, "Scientific_mm_subset")),
+    reason="real data ../shared/data/Scientific_mm_subset is absent (it is not part of the repository)",
+)
+def test_missrec_learns_on_scientific_mm_subset(tmp_path):
+    config = {
+        "data_path": SHARED_DATA, "checkpoint_dir": str(tmp_path / "saved"), "epochs": 1, "hidden_size": 64,
+        "train_stage": "inductive_ft", "state": "WARNING",
+    }
+    result = run_recbole_missrec("MISSRec", "Scientific_mm_subset", config_dict=config)
+    assert result["test_result"]["ndcg@10"] > 0.02  # random ranking of 1,585 items gives about 0.004
