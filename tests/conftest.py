@@ -118,3 +118,26 @@ def tiny_run_config(root, **overrides):
     }
     config.update(overrides)
     return config
+
+
+def write_pretrain_dataset(root, name="pt", n_users=60, n_items=40, text_dim=16, seed=1):
+    """A text-only pre-training set in the merged layout: benchmark splits, ``.feat1CLS`` and its word-dropped
+    twin ``.feat2CLS`` (here the text features plus noise), no image file. Returns the folder."""
+    folder = write_benchmark_dataset(root, name, n_users=n_users, n_items=n_items, text_dim=text_dim, seed=seed)
+    os.remove(os.path.join(folder, f"{name}.feat3CLS"))
+    text = np.fromfile(os.path.join(folder, f"{name}.feat1CLS"), dtype=np.float32).reshape(n_items, text_dim)
+    noise = np.random.default_rng(seed).standard_normal(text.shape).astype(np.float32)
+    (text + 0.3 * noise).tofile(os.path.join(folder, f"{name}.feat2CLS"))
+    with open(os.path.join(folder, f"{name}.pt_datasets"), "w") as handle:
+        handle.write("domainA,domainB\n")
+    return folder
+
+
+def tiny_pretrain_config(root, **overrides):
+    """config_dict for a fast pre-training run on a dataset written by write_pretrain_dataset."""
+    config = tiny_run_config(
+        root, train_stage="pretrain", epochs=2, save_step=1, train_batch_size=32, plm_size=16, img_size=None,
+        hidden_dropout_prob=0.1,
+    )
+    config.update(overrides)
+    return config

@@ -69,19 +69,44 @@ class MISSRecDataset(SequentialDataset):
             raise FeatureFileError(f"dataset {self.dataset_name}: negative item token {rows.min()}")
         return rows
 
+    def _aligned_table(self, path, dim, rows):
+        """[item_num, dim] float32 table: row i = file row of internal item i, row 0 = zeros."""
+        table = read_feature_file(path, dim, min_rows=int(rows.max()) + 1 if rows.size else 0)
+        aligned = np.zeros((self.item_num, table.shape[1]), dtype=np.float32)
+        aligned[1:] = table[rows]
+        return aligned
+
     def _load_modal_features(self):
         rows = self._item_rows()
         dims = {"text": self.config["plm_size"], "img": self.config["img_size"]}
         features, missing = {}, []
         for modality in parse_modalities(self.config["modal_type"]):
             path = self._feature_file(modality)
-            table = read_feature_file(path, dims[modality], min_rows=int(rows.max()) + 1 if rows.size else 0)
-            aligned = np.zeros((self.item_num, table.shape[1]), dtype=np.float32)
-            aligned[1:] = table[rows]
+            aligned = self._aligned_table(path, dims[modality], rows)
             features[modality] = torch.from_numpy(aligned)
             missing.append(~aligned.any(axis=1))
             self.logger.info(
-                f"{modality} features: {path} ({table.shape[1]}-d), "
+                f"{modality} features: {path} ({aligned.shape[1]}-d), "
                 f"{int(missing[-1][1:].sum())} of {self.item_num - 1} items without this modality"
             )
         return features, torch.from_numpy(np.stack(missing, axis=1))
+
+
+class MISSRecPretrainDataset(MISSRecDataset):
+    """Pre-training variant: also holds ``augmented_text`` ([n_items, plm_size] float32), the text features
+    of word-dropped item texts (`plm_suffix_aug`, UniSRec's ``.feat2CLS``) that word-drop views read.
+
+    A merged multi-domain set (``dataset_preprocess merge-pretrain``) is an ordinary dataset folder whose item
+    tokens already run over all domains, so nothing else differs; its ``.pt_datasets`` is only logged.
+    """
+
+    def __init__(self, config):
+        super().__init__(config)
+        suffix = config["plm_suffix_aug"]
+        path = os.path.join(self._feature_folder("text", suffix), f"{self.dataset_name}.{suffix}")
+        self.augmented_text = torch.from_numpy(self._aligned_table(path, config["plm_size"], self._item_rows()))
+        self.logger.info(f"word-dropped text features: {path}")
+        domains = os.path.join(config["data_path"], f"{self.dataset_name}.pt_datasets")
+        if os.path.isfile(domains):
+            with open(domains) as handle:
+                self.logger.info(f"pre-training domains: {handle.read().strip()}")

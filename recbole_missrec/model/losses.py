@@ -1,4 +1,6 @@
-"""Losses of MISSRec's fine-tuning (spec §5.3-§5.4)."""
+"""Losses of MISSRec: pre-training contrastive terms (spec §5.2), fine-tuning cross-entropy (§5.4) and the
+interest diversity penalty of both (§5.3)."""
+import torch
 import torch.nn.functional as F
 
 
@@ -26,3 +28,25 @@ def diversity_penalty(memory, valid, reference=False):
         return pooled.pow(2).sum() / dim
     pooled = (memory * valid.unsqueeze(-1)).sum(dim=1) / count.clamp_min(1)
     return pooled.pow(2).sum(dim=1).mean() / dim
+
+
+def in_batch_ce(logits, first=0):
+    """Contrastive cross-entropy with in-batch negatives: row i's positive is column ``first + i``.
+
+    logits: [B, C]; the columns are the candidates of the whole (possibly gathered) batch and ``first`` is
+    where this rank's rows start among them.
+    """
+    labels = torch.arange(logits.shape[0], device=logits.device) + first
+    return F.cross_entropy(logits, labels)
+
+
+def mask_false_negatives(logits, target, candidate_items, first=0):
+    """Remove in-batch "negatives" that are the row's own target item (another sequence with the same next
+    item): they are not negatives. The reference keeps them (spec §9 #25).
+
+    logits: [B, C]; target: [B] item ids; candidate_items: [C] item id of each column.
+    """
+    same = target.unsqueeze(1) == candidate_items.unsqueeze(0)  # [B, C]
+    rows = torch.arange(logits.shape[0], device=logits.device)
+    same[rows, rows + first] = False
+    return logits.masked_fill(same, float("-inf"))

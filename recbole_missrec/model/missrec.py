@@ -3,6 +3,11 @@
 A contextual encoder reads the sequence's interest tokens (global clusters of item-modality tokens, see
 ``interest.py``); an interest-aware decoder reads the item tokens and attends to them. Candidates are
 scored by a user-adaptive fusion of per-modality cosines (``fusion.py``).
+
+One class serves every stage (the reference wrote the forward twice): ``pretrain`` adds the contrastive
+losses of spec §5.2 on top of the same ``encode()``, fed an augmented view that is only ids and word-drop
+flags (``data/transform.py``); ``inductive_ft``/``transductive_ft`` fine-tune with full-softmax
+cross-entropy, optionally from a pre-trained state dict (``load_pretrained``, ``freeze_backbone``).
 """
 import math
 
@@ -11,11 +16,17 @@ import torch.nn.functional as F
 from recbole.model.abstract_recommender import SequentialRecommender
 from torch import nn
 
+from recbole_missrec import distributed
+from recbole_missrec.data.transform import VIEW_SEQ, VIEW_SEQ_LEN, VIEW_WORD_DROP
 from recbole_missrec.model.fusion import fuse_modalities, mix_id_score
 from recbole_missrec.model.interest import dpc_knn, kmeans, num_interests, unique_per_row
-from recbole_missrec.model.losses import diversity_penalty, full_softmax_ce
+from recbole_missrec.model.losses import (
+    diversity_penalty, full_softmax_ce, in_batch_ce, mask_false_negatives,
+)
 
-TRAIN_STAGES = ("inductive_ft", "transductive_ft")
+TRAIN_STAGES = ("pretrain", "inductive_ft", "transductive_ft")
+# Weights that belong to one item set: re-discovered (interests) or re-learned (IDs) on a new domain.
+DOMAIN_SPECIFIC = ("interest_centroids", "interest_lookup", "interests_ready", "item_embedding.weight")
 SEQ_FUSIONS = {"add": "add", "contextual": "contextual", "stack": "contextual"}
 ITEM_FUSIONS = ("dynamic_shared", "static")
 
@@ -55,6 +66,8 @@ class MISSRec(SequentialRecommender):
         for modality, table in dataset.modal_features.items():
             self.register_buffer(f"{modality}_features", table, persistent=False)
         self.register_buffer("item_present", self._presence(dataset.modal_missing), persistent=False)
+        if self.train_stage == "pretrain":
+            self._init_pretrain(config, dataset)
 
         d = self.hidden_size
         self.adapters = nn.ModuleDict(
@@ -91,6 +104,19 @@ class MISSRec(SequentialRecommender):
             if module is not None:
                 module.apply(self._init_weights)
 
+    def _init_pretrain(self, config, dataset):
+        """Pre-training reads the word-dropped text table for word-drop views and the contrastive weights."""
+        augmented = getattr(dataset, "augmented_text", None)
+        if "text" not in self.modalities or augmented is None:
+            raise ValueError(
+                "train_stage=pretrain needs the text modality and its word-dropped table (`plm_suffix_aug`, "
+                "loaded by MISSRecPretrainDataset): word drop switches items to that table."
+            )
+        self.register_buffer("text_aug_features", augmented, persistent=False)
+        self.seq_seq_weight = config["lambda"]
+        self.gather_negatives = config["gather_negatives"]
+        self.mask_false_negatives = config["mask_false_negatives"]
+
     def _presence(self, missing):
         """[n_items, M] bool: which modality tokens are real. Without masking every token counts (the
         reference: a zero row becomes the adapter bias). An item with no modality keeps all of them, so
@@ -112,11 +138,16 @@ class MISSRec(SequentialRecommender):
         if isinstance(module, nn.Embedding) and module.padding_idx is not None:
             module.weight.data[module.padding_idx].zero_()
 
-    def modality_tokens(self, item_ids):
-        """Adapted feature tokens of the given items: [*item_ids.shape, M, d]."""
-        return torch.stack(
-            [self.adapters[m](getattr(self, f"{m}_features")[item_ids]) for m in self.modalities], dim=-2
-        )
+    def modality_tokens(self, item_ids, word_drop=None):
+        """Adapted feature tokens of the given items: [*item_ids.shape, M, d]. ``word_drop`` (bool, shaped
+        like item_ids; pre-training only) reads the word-dropped text features where it is True."""
+        tokens = []
+        for m in self.modalities:
+            features = getattr(self, f"{m}_features")[item_ids]
+            if word_drop is not None and m == "text":
+                features = torch.where(word_drop.unsqueeze(-1), self.text_aug_features[item_ids], features)
+            tokens.append(self.adapters[m](features))
+        return torch.stack(tokens, dim=-2)
 
     # ---- interests -------------------------------------------------------------------------------
     @torch.no_grad()
@@ -158,13 +189,13 @@ class MISSRec(SequentialRecommender):
         return memory, valid
 
     # ---- sequence side ---------------------------------------------------------------------------
-    def _decoder_input(self, item_seq, present):
+    def _decoder_input(self, item_seq, present, word_drop=None):
         """Item tokens for the decoder and their key-padding mask.
 
         add: one token per position, the sum of its real modality tokens. contextual: one token per
         (modality, position), laid out modality-major [B, M*L, d].
         """
-        tokens = self.modality_tokens(item_seq) * present.unsqueeze(-1)  # [B, L, M, d]
+        tokens = self.modality_tokens(item_seq, word_drop) * present.unsqueeze(-1)  # [B, L, M, d]
         position = self.position_embedding(torch.arange(item_seq.shape[1], device=item_seq.device))
         extra = position.unsqueeze(0)  # [1, L, d]
         if self.item_embedding is not None:
@@ -187,11 +218,14 @@ class MISSRec(SequentialRecommender):
         weights = present_last.to(last.dtype).unsqueeze(-1)
         return (last * weights).sum(dim=1) / weights.sum(dim=1)
 
-    def encode(self, item_seq, item_seq_len):
-        """Returns the L2-normalised sequence vector [B, d], the interest memory [B, Q, d], its mask."""
+    def encode(self, item_seq, item_seq_len, word_drop=None):
+        """Returns the L2-normalised sequence vector [B, d], the interest memory [B, Q, d], its mask.
+
+        ``word_drop`` [B, L] bool (pre-training views): positions that read the word-dropped text features.
+        """
         memory, valid = self._encode_interests(item_seq)
         present = self.item_present[item_seq]  # [B, L, M]
-        tokens, padding = self._decoder_input(item_seq, present)
+        tokens, padding = self._decoder_input(item_seq, present, word_drop)
         output = self.transformer.decoder(
             tokens, memory, tgt_key_padding_mask=padding, memory_key_padding_mask=~valid
         )
@@ -203,13 +237,20 @@ class MISSRec(SequentialRecommender):
         return self.encode(item_seq, item_seq_len)[0]
 
     # ---- item side -------------------------------------------------------------------------------
+    def candidate_tokens(self, item_ids):
+        """L2-normalised modality tokens of candidate items: [*item_ids.shape, M, d]."""
+        return F.normalize(self.modality_tokens(item_ids), dim=-1)
+
+    def modal_score(self, seq_output, candidates, present, paired=False):
+        """Fused modality cosine of sequences [B, d] and candidate tokens [C, M, d] (present [C, M]) -> [B, C];
+        paired=True: candidates [B, M, d], one per sequence -> [B]."""
+        pattern = "bd,bmd->bm" if paired else "bd,cmd->bcm"
+        return fuse_modalities(torch.einsum(pattern, seq_output, candidates), present, self.fusion_factor)
+
     def score(self, seq_output, item_ids, paired=False):
         """Logits of candidates: item_ids [C] shared by every sequence -> [B, C]; paired=True: item_ids [B]
         one candidate per sequence -> [B]."""
-        candidates = F.normalize(self.modality_tokens(item_ids), dim=-1)  # [C, M, d]
-        pattern = "bd,bmd->bm" if paired else "bd,cmd->bcm"
-        cosine = torch.einsum(pattern, seq_output, candidates)
-        logits = fuse_modalities(cosine, self.item_present[item_ids], self.fusion_factor)
+        logits = self.modal_score(seq_output, self.candidate_tokens(item_ids), self.item_present[item_ids], paired)
         if self.item_embedding is not None:
             ids = F.normalize(self.item_embedding(item_ids), dim=-1)
             id_cosine = (seq_output * ids).sum(-1) if paired else seq_output @ ids.T
@@ -217,10 +258,36 @@ class MISSRec(SequentialRecommender):
         return logits / self.temperature
 
     def calculate_loss(self, interaction):
+        if self.train_stage == "pretrain":
+            return self._pretrain_loss(interaction)
         seq_output, memory, valid = self.encode(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
         all_items = torch.arange(self.n_items, device=seq_output.device)
         loss = full_softmax_ce(self.score(seq_output, all_items), interaction[self.POS_ITEM_ID])
         return loss + self.gamma * diversity_penalty(memory, valid, reference=self.reference_penalty)
+
+    def _gather(self, x):
+        """Rows of every DDP rank when in-batch negatives are gathered (and this rank's offset), else (x, 0)."""
+        return distributed.gather_rows(x) if self.gather_negatives else (x, 0)
+
+    def _pretrain_loss(self, interaction):
+        """Seq->item contrast with dynamic fusion, seq->seq contrast between the two views, diversity penalty
+        on both (spec §5.2). Returns the three weighted terms; their sum is the loss."""
+        target = interaction[self.POS_ITEM_ID]
+        seq_output, memory, valid = self.encode(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
+        view_output, view_memory, view_valid = self.encode(
+            interaction[VIEW_SEQ], interaction[VIEW_SEQ_LEN], interaction[VIEW_WORD_DROP]
+        )
+        candidates, first = self._gather(self.candidate_tokens(target))  # [C, M, d]
+        present, _ = self._gather(self.item_present[target])  # [C, M]
+        logits = self.modal_score(seq_output, candidates, present) / self.temperature  # [B, C]
+        if self.mask_false_negatives:
+            logits = mask_false_negatives(logits, target, self._gather(target)[0], first)
+        views, _ = self._gather(view_output)  # [C, d]
+        seq_seq = in_batch_ce(seq_output @ views.T / self.temperature, first)
+        penalty = diversity_penalty(memory, valid, reference=self.reference_penalty) + diversity_penalty(
+            view_memory, view_valid, reference=self.reference_penalty
+        )
+        return in_batch_ce(logits, first), self.seq_seq_weight * seq_seq, self.gamma * penalty
 
     def predict(self, interaction):
         seq_output = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
@@ -229,3 +296,38 @@ class MISSRec(SequentialRecommender):
     def full_sort_predict(self, interaction):
         seq_output = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
         return self.score(seq_output, torch.arange(self.n_items, device=seq_output.device))
+
+    # ---- transfer --------------------------------------------------------------------------------
+    def load_pretrained(self, state_dict):
+        """Copy a pre-trained state dict's weights into this model by name.
+
+        Interest buffers and ID embeddings belong to the pre-training item set: they are skipped (interests
+        are re-discovered on this domain). A weight whose shape differs means the checkpoint comes from a
+        model with other dimensions: that raises rather than silently training from scratch. Returns
+        {"loaded", "domain_specific", "unused", "new"}: lists of names.
+        """
+        own = self.state_dict()
+        transferable = {name: value for name, value in state_dict.items() if name in own and name not in DOMAIN_SPECIFIC}
+        mismatched = [
+            f"{name}: checkpoint {tuple(value.shape)}, this model {tuple(own[name].shape)}"
+            for name, value in transferable.items() if value.shape != own[name].shape
+        ]
+        if mismatched:
+            raise ValueError(
+                "the pre-trained checkpoint comes from a model with other dimensions (hidden_size, inner_size, "
+                "n_layers, MAX_ITEM_LIST_LENGTH, or the feature widths plm_size / img_size of the text and "
+                "image encoders): " + "; ".join(mismatched[:6]) + (" ..." if len(mismatched) > 6 else "")
+            )
+        self.load_state_dict(transferable, strict=False)
+        return {
+            "loaded": sorted(transferable),
+            "domain_specific": sorted(name for name in state_dict if name in DOMAIN_SPECIFIC),
+            "unused": sorted(name for name in state_dict if name not in own),
+            "new": sorted(name for name in own if name not in transferable and not name.startswith("interest")),
+        }
+
+    def freeze_backbone(self):
+        """Parameter-efficient transfer (spec §6.2): the position table and the whole encoder-decoder keep
+        their pre-trained values; adapters, the input LayerNorm, the fusion factor and ID embeddings train."""
+        for module in (self.position_embedding, self.transformer):
+            module.requires_grad_(False)

@@ -1,0 +1,84 @@
+"""Data-parallel training: 2 gloo processes on CPU, launched by torchrun exactly as a user would."""
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT, tiny_pretrain_config, tiny_run_config, write_benchmark_dataset, write_pretrain_dataset
+from recbole_missrec import distributed
+from recbole_missrec.quick_start import run_recbole_missrec
+from recbole_missrec.trainer import load_state
+
+DRIVER = """
+import json, os, sys
+sys.path.insert(0, os.environ["PLUGIN_ROOT"])
+from recbole_missrec import distributed
+from recbole_missrec.quick_start import run_recbole_missrec
+
+with open(os.environ["DDP_RUNS"]) as handle:
+    for dataset, config in json.load(handle):
+        run_recbole_missrec("MISSRec", dataset, config_dict=config)
+distributed.shutdown()
+"""
+
+
+def one_step(config, checkpoint_dir):
+    """One optimisation step on the whole train split (one global batch), plain SGD, no dropout: the
+    updated weights are then a direct image of the gradient."""
+    config.update(epochs=1, train_batch_size=4096, hidden_dropout_prob=0.0, learner="sgd", learning_rate=0.5,
+                  checkpoint_dir=str(checkpoint_dir))
+    return config
+
+
+def saved_weights(folder):
+    (path,) = glob.glob(os.path.join(folder, "*.pth"))
+    return load_state(path)["state_dict"]
+
+
+def test_ddp_step_equals_single_process_step_on_the_global_batch(tmp_path):
+    write_pretrain_dataset(tmp_path)
+    write_benchmark_dataset(tmp_path)
+    runs = {
+        "pt": tiny_pretrain_config(tmp_path, gather_negatives=True, mask_false_negatives=True),
+        "toy": tiny_run_config(tmp_path, topk=[5, 10], train_stage="transductive_ft"),
+    }
+    with open(tmp_path / "runs.json", "w") as handle:
+        json.dump([(name, one_step(dict(config), tmp_path / "ddp" / name)) for name, config in runs.items()], handle)
+    (tmp_path / "driver.py").write_text(DRIVER)
+    workdir = tmp_path / "ddp_work"
+    workdir.mkdir()
+    launched = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         str(tmp_path / "driver.py")],
+        cwd=workdir, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PLUGIN_ROOT": ROOT, "DDP_RUNS": str(tmp_path / "runs.json"), "OMP_NUM_THREADS": "1"},
+    )
+    assert launched.returncode == 0, launched.stdout[-2000:] + launched.stderr[-4000:]
+    assert len(os.listdir(workdir / "log" / "MISSRec")) == 2  # one log file per run: rank 0 only
+
+    for name, config in runs.items():
+        result = run_recbole_missrec("MISSRec", name, config_dict=one_step(config, tmp_path / "single" / name))
+        assert result["world_size"] == 1
+        single, ddp = saved_weights(tmp_path / "single" / name), saved_weights(tmp_path / "ddp" / name)
+        for key, value in single.items():
+            assert torch.allclose(ddp[key].float(), value.float(), rtol=1e-4, atol=1e-5), (name, key)
+
+
+def test_shares_cover_the_global_batch_and_weigh_it_evenly(monkeypatch):
+    batch = list(range(7))
+    shares = []
+    for me in range(3):
+        monkeypatch.setattr(distributed, "world_size", lambda: 3)
+        monkeypatch.setattr(distributed, "rank", lambda me=me: me)
+        shares.append(distributed.shard(batch))
+    assert [rows for rows, _ in shares] == [[0, 1], [2, 3], [4, 5, 6]]
+    # DDP averages the ranks' weighted share means: that is the mean over the global batch
+    assert sum(weight * sum(rows) / len(rows) for rows, weight in shares) / 3 == pytest.approx(sum(batch) / 7)
+    assert [weight for _, weight in shares] == pytest.approx([6 / 7, 6 / 7, 9 / 7])
+    monkeypatch.setattr(distributed, "world_size", lambda: 3)
+    monkeypatch.setattr(distributed, "rank", lambda: 0)
+    assert distributed.shard([0, 1]) == ([1], 0.0)  # fewer rows than ranks: a weightless stand-in row

@@ -1,0 +1,91 @@
+import pytest
+import torch
+
+from conftest import fake_dataset, model_config, tiny_pretrain_config, tiny_run_config, write_benchmark_dataset
+from conftest import write_pretrain_dataset
+from recbole_missrec.model import MISSRec
+from recbole_missrec.quick_start import run_recbole_missrec
+from recbole_missrec.trainer import load_state
+
+BACKBONE = ("position_embedding.", "transformer.")
+
+
+@pytest.fixture
+def pretrained(tmp_path):
+    """A text-only checkpoint pre-trained for one epoch, and a text+image downstream dataset."""
+    write_pretrain_dataset(tmp_path)
+    write_benchmark_dataset(tmp_path)
+    result = run_recbole_missrec("MISSRec", "pt", config_dict=tiny_pretrain_config(tmp_path, epochs=1))
+    return result["checkpoint"]
+
+
+def finetune(tmp_path, checkpoint, stage, **overrides):
+    config = tiny_run_config(tmp_path, epochs=2, topk=[5, 10], train_stage=stage, **overrides)
+    return run_recbole_missrec("MISSRec", "toy", config_dict=config, pretrained=checkpoint)
+
+
+@pytest.mark.parametrize("stage", ["inductive_ft", "transductive_ft"])
+def test_parameter_efficient_transfer(tmp_path, pretrained, stage):
+    result = finetune(tmp_path, pretrained, stage)
+    report = result["transfer"]
+    assert {"adapters.text.weight", "input_norm.weight", "position_embedding.weight"} <= set(report["loaded"])
+    assert any(name.startswith("transformer.decoder") for name in report["loaded"])
+    assert report["domain_specific"] == ["interest_centroids", "interest_lookup", "interests_ready"]
+    new = {"adapters.img.bias", "adapters.img.weight", "fusion_factor"}  # the pre-training set had no images
+    assert set(report["new"]) == (new | {"item_embedding.weight"} if stage == "transductive_ft" else new)
+    # trainable: adapters (16->32, 12->32), input LayerNorm, fusion factor (+ 30 items + pad x 32 IDs)
+    expected = (16 * 32 + 32) + (12 * 32 + 32) + 2 * 32 + 1 + (31 * 32 if stage == "transductive_ft" else 0)
+    assert result["trainable_params"] == expected < result["total_params"]
+    assert 0 <= result["test_result"]["ndcg@10"] <= 1
+
+    before, after = load_state(pretrained)["state_dict"], load_state(result["checkpoint"])["state_dict"]
+    for name, value in before.items():
+        if name.startswith(BACKBONE):
+            assert torch.equal(value, after[name]), name  # frozen
+    assert not torch.equal(before["adapters.text.weight"], after["adapters.text.weight"])
+
+
+def test_freeze_backbone_off_trains_everything(tmp_path, pretrained):
+    result = finetune(tmp_path, pretrained, "inductive_ft", freeze_backbone=False)
+    assert result["trainable_params"] == result["total_params"]
+    before, after = load_state(pretrained)["state_dict"], load_state(result["checkpoint"])["state_dict"]
+    assert not torch.equal(before["transformer.encoder.layers.0.linear1.weight"],
+                           after["transformer.encoder.layers.0.linear1.weight"])
+
+
+def test_checkpoint_of_other_dimensions_fails_clearly():
+    source = MISSRec(model_config(train_stage="inductive_ft", hidden_size=8, inner_size=16), fake_dataset())
+    target = MISSRec(model_config(train_stage="inductive_ft"), fake_dataset())
+    with pytest.raises(ValueError, match="other dimensions.*hidden_size"):
+        target.load_pretrained(source.state_dict())
+    wider_text = MISSRec(model_config(train_stage="inductive_ft"), fake_dataset(dims=(14, 6)))
+    with pytest.raises(ValueError, match=r"adapters\.text\.weight: checkpoint \(16, 14\), this model \(16, 10\)"):
+        target.load_pretrained(wider_text.state_dict())
+
+
+def test_transfer_skips_domain_specific_weights_of_another_item_set():
+    source = MISSRec(model_config(), fake_dataset(n_items=20))  # transductive, 20 items
+    target = MISSRec(model_config(), fake_dataset(n_items=12))
+    report = target.load_pretrained(source.state_dict())
+    assert "item_embedding.weight" in report["domain_specific"] and "item_embedding.weight" in report["new"]
+    assert target.n_interests != source.n_interests and not bool(target.interests_ready)
+
+
+def test_peft_parameter_counts_match_the_reference():
+    config = dict(hidden_size=300, inner_size=256, n_heads=4, MAX_ITEM_LIST_LENGTH=50)
+    for stage, ids in (("inductive_ft", 0), ("transductive_ft", 300 * 20)):
+        model = MISSRec(model_config(train_stage=stage, **config), fake_dataset(n_items=20, dims=(512, 512)))
+        model.freeze_backbone()
+        assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 308_401 + ids  # spec §3.1
+
+
+def test_inductive_model_scores_an_unseen_item_by_its_features():
+    dataset = fake_dataset()
+    for table in dataset.modal_features.values():
+        table[11] = table[4]  # item 11: a "new" item that looks exactly like item 4
+    dataset.modal_missing[11] = dataset.modal_missing[4]
+    torch.manual_seed(0)
+    model = MISSRec(model_config(train_stage="inductive_ft"), dataset)
+    model.discover_interests(torch.Generator().manual_seed(0))
+    scores = model.eval().full_sort_predict({"item_id_list": torch.tensor([[1, 2, 3]]), "item_length": torch.tensor([3])})
+    assert torch.allclose(scores[0, 11], scores[0, 4])
