@@ -1,0 +1,130 @@
+"""Turn the per-run records of one output folder into results.json, table.md and benchmark.png."""
+import glob
+import json
+import os
+from statistics import mean, stdev
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+METRIC_COLUMNS = [("hit@10", "HIT@10"), ("ndcg@10", "NDCG@10"), ("hit@50", "HIT@50"), ("ndcg@50", "NDCG@50")]
+FIGURE_COLUMNS = [
+    ("best_epoch", "best epoch", "{:.1f}"),
+    ("epochs_run", "epochs run", "{:.1f}"),
+    ("train_seconds_per_epoch", "s / train epoch", "{:.1f}"),
+    ("eval_seconds", "eval s", "{:.1f}"),
+    ("cpu_seconds", "CPU s / run", "{:.0f}"),
+    ("peak_rss_mb", "peak RSS MB", "{:.0f}"),
+    ("trainable_params", "trainable params", "{:,.0f}"),
+]
+
+
+def load_runs(out_dir):
+    runs = []
+    for path in sorted(glob.glob(os.path.join(out_dir, "runs", "*.json"))):
+        with open(path) as handle:
+            runs.append(json.load(handle))
+    return runs
+
+
+def by_variant(runs, order):
+    """Finished runs grouped by variant, in the order given (then any others, alphabetically)."""
+    groups = {}
+    for run in runs:
+        if run["status"] == "ok":
+            groups.setdefault(run["variant"], []).append(run)
+    names = [name for name in order if name in groups] + sorted(set(groups) - set(order))
+    return [(name, sorted(groups[name], key=lambda run: run["seed"])) for name in names]
+
+
+def mean_std(values, fmt="{:.4f}"):
+    """'mean ± std' (sample std) over seeds; a single value is shown alone."""
+    values = [value for value in values if value is not None]
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return fmt.format(values[0])
+    return f"{fmt.format(mean(values))} ± {fmt.format(stdev(values))}"
+
+
+def budgets(runs):
+    return sorted({json.dumps(run["budget"], sort_keys=True) for run in runs if run["status"] == "ok"})
+
+
+def machines(runs):
+    """One line per machine the finished runs ran on."""
+    found = {json.dumps(run["machine"], sort_keys=True) for run in runs if run["status"] == "ok"}
+    described = []
+    for text in sorted(found):
+        m = json.loads(text)
+        device = m["gpu"] or f"CPU only, {run_threads(runs)} thread(s) per run"
+        described.append(f"{m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB, {device}; torch {m['torch']}")
+    return described
+
+
+def run_threads(runs):
+    return ", ".join(sorted({str(run.get("torch_threads")) for run in runs if run["status"] == "ok"}))
+
+
+def markdown_table(runs, order):
+    header = ["model", "seeds"] + [label for _, label in METRIC_COLUMNS] + [label for _, label, _ in FIGURE_COLUMNS]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, group in by_variant(runs, order):
+        cells = [name, ", ".join(str(run["seed"]) for run in group)]
+        cells += [mean_std([run["test"][key] for run in group]) for key, _ in METRIC_COLUMNS]
+        cells += [mean_std([run.get(key) for run in group], fmt) for key, _, fmt in FIGURE_COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    failed = [run for run in runs if run["status"] != "ok"]
+    notes = ["Mean ± sample std over seeds; test metrics at the best validation epoch (valid metric NDCG@10)."]
+    notes += [f"Budget: `{budget}`" for budget in budgets(runs)]
+    notes += [f"Machine: {machine}" for machine in machines(runs)]
+    notes += [f"Failed: {run['variant']} seed {run['seed']} ({run['error'].splitlines()[-1][:120]})" for run in failed]
+    return "\n".join(lines) + "\n\n" + "\n".join(f"- {note}" for note in notes) + "\n"
+
+
+def mean_curve(group):
+    """Per-epoch mean validation score over the seeds that reached that epoch."""
+    scores = {}
+    for run in group:
+        for record in run["history"]:
+            if "valid_score" in record:
+                scores.setdefault(record["epoch"], []).append(record["valid_score"])
+    epochs = sorted(scores)
+    return epochs, [mean(scores[epoch]) for epoch in epochs]
+
+
+def plot(runs, order, path, title):
+    groups = by_variant(runs, order)
+    figure, (bars, curves) = plt.subplots(1, 2, figsize=(13, 4.8))
+    names = [name for name, _ in groups]
+    values = [[run["test"]["ndcg@10"] for run in group] for _, group in groups]
+    errors = [stdev(v) if len(v) > 1 else 0.0 for v in values]
+    bars.bar(range(len(names)), [mean(v) for v in values], yerr=errors, capsize=4, color="tab:blue")
+    bars.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+    bars.set_ylabel("test NDCG@10 (mean ± std over seeds)")
+    for name, group in groups:
+        curves.plot(*mean_curve(group), marker=".", label=name)
+    curves.xaxis.set_major_locator(MaxNLocator(integer=True))
+    curves.set_xlabel("epoch")
+    curves.set_ylabel("validation NDCG@10 (mean over seeds)")
+    curves.legend(fontsize=7)
+    figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def write_reports(out_dir, dataset, order):
+    """Assemble results.json, table.md and benchmark.png from runs/*.json. Returns the table."""
+    runs = load_runs(out_dir)
+    with open(os.path.join(out_dir, "results.json"), "w") as handle:
+        json.dump({"dataset": dataset, "runs": runs}, handle, indent=1)
+    table = markdown_table(runs, order)
+    with open(os.path.join(out_dir, "table.md"), "w") as handle:
+        handle.write(f"# {dataset}\n\n" + table)
+    if any(run["status"] == "ok" for run in runs):
+        plot(runs, order, os.path.join(out_dir, "benchmark.png"), dataset)
+    return table

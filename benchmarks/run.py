@@ -1,0 +1,228 @@
+"""Benchmark MISSRec against RecBole's baselines: same data, split, evaluator and budget, several seeds.
+
+    python benchmarks/run.py --dataset Scientific_mm_subset --data_path ../shared/data --seeds 1 2 3
+
+Each (model variant, seed) runs in a fresh process (single_run.py) with the work folder as its working
+directory, and its record is written to <out>/runs/ as soon as it ends; re-running the same command skips
+the finished runs, so a long sweep can be completed over several sittings. A crashed run is recorded as
+failed with the tail of its output (and retried next time); it does not stop the sweep. After the sweep,
+<out>/results.json, table.md and benchmark.png are rebuilt from all records.
+"""
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+from datetime import datetime, timezone
+from time import perf_counter
+
+import yaml
+
+from attributes import can_derive, prepare_working_copy
+from report import write_reports
+from variants import DEFAULT_VARIANTS, VARIANTS, expand_variants, run_config
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+QUICK_BUDGET = {"epochs": 1, "stopping_step": 1, "s3rec_pretrain_epochs": 1}
+PROGRESS = re.compile(r"epoch \d+ (training|evaluating)|test result|Traceback|Error")
+ERROR_TAIL_LINES = 40
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", required=True, help="dataset name (with --data_path) or a dataset folder")
+    parser.add_argument("--data_path", default=None, help="folder holding <dataset>/")
+    parser.add_argument("--models", nargs="+", default=DEFAULT_VARIANTS, help=f"variants, of {sorted(VARIANTS)}")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
+    parser.add_argument("--pretrained", default=None, help="MISSRec checkpoint: adds the +pretrained variants")
+    parser.add_argument("--epochs", type=int, default=None, help="cap on training epochs (overall.yaml: 300)")
+    parser.add_argument("--stopping-step", type=int, default=None, help="early-stopping patience (overall.yaml: 10)")
+    parser.add_argument("--s3rec-pretrain-epochs", type=int, default=10, help="S3Rec's pre-training epochs")
+    parser.add_argument("--quick", action="store_true", help=f"tiny budget for smoke tests: {QUICK_BUDGET}")
+    parser.add_argument("--config-files", nargs="*", default=[], help="extra yaml files for every run")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="setting for every run (value parsed as yaml), e.g. --set train_batch_size=256")
+    parser.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of each run")
+    parser.add_argument("--out", default=None, help="results folder (default benchmarks/results/<dataset>)")
+    parser.add_argument("--work", default=None, help="logs, checkpoints, data copy (default benchmarks/work/<dataset>)")
+    parser.add_argument("--report-only", action="store_true", help="only rebuild the reports from runs/")
+    return parser.parse_args(argv)
+
+
+def resolve_dataset(args):
+    """(dataset folder, dataset name) from --dataset and --data_path."""
+    folder = os.path.join(args.data_path, args.dataset) if args.data_path else args.dataset
+    folder = os.path.abspath(folder)
+    if not os.path.isdir(folder):
+        raise SystemExit(f"dataset folder {folder} does not exist")
+    return folder, os.path.basename(folder.rstrip(os.sep))
+
+
+def parse_overrides(pairs):
+    overrides = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--set takes KEY=VALUE, got {pair!r}")
+        overrides[key] = yaml.safe_load(value)
+    return overrides
+
+
+def budget_of(args):
+    """The training budget every model gets; None leaves overall.yaml's value."""
+    budget = dict(QUICK_BUDGET) if args.quick else {
+        "epochs": args.epochs, "stopping_step": args.stopping_step, "s3rec_pretrain_epochs": args.s3rec_pretrain_epochs,
+    }
+    with open(os.path.join(os.path.dirname(HERE), "properties", "overall.yaml")) as handle:
+        defaults = yaml.safe_load(handle)
+    for key in ("epochs", "stopping_step"):
+        if budget[key] is None:
+            budget[key] = defaults[key]
+    return budget
+
+
+def machine():
+    """Where a run ran, for the record (runs of one table may come from several sittings)."""
+    import torch
+
+    cpu = platform.processor()
+    if os.path.isfile("/proc/cpuinfo"):
+        names = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    memory_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return {
+        "cpu": cpu, "cores": os.cpu_count(), "memory_gb": round(memory_gb, 1),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
+    }
+
+
+def run_id(variant, seed):
+    return f"{variant}__seed{seed}"
+
+
+def write_json(record, path):
+    """Atomic write: a sweep killed mid-write never leaves a half record that would count as finished."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as handle:
+        json.dump(record, handle, indent=1)
+    os.replace(tmp, path)
+
+
+def finished(path):
+    """The record at ``path`` if that run finished successfully (failed runs are retried)."""
+    if not os.path.isfile(path):
+        return None
+    with open(path) as handle:
+        record = json.load(handle)
+    return record if record.get("status") == "ok" else None
+
+
+def stream(process, log_path, prefix):
+    """Copy the run's output to its log file, echo progress lines, return the last lines."""
+    tail = []
+    with open(log_path, "w") as log:
+        for line in process.stdout:
+            log.write(line)
+            tail = (tail + [line.rstrip()])[-ERROR_TAIL_LINES:]
+            if PROGRESS.search(line):
+                print(f"  {prefix} {line.strip()[-150:]}", flush=True)
+    return tail
+
+
+def execute(spec, work_dir, threads, prefix):
+    """Run single_run.py on ``spec`` in a fresh process; returns (summary or None, error tail)."""
+    name = run_id(spec["variant"], spec["config"]["seed"])
+    spec_path = os.path.join(work_dir, "specs", name + ".json")
+    result_path = os.path.join(work_dir, "specs", name + ".result.json")
+    if os.path.exists(result_path):
+        os.remove(result_path)
+    write_json(spec, spec_path)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if threads:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    command = [sys.executable, os.path.join(HERE, "single_run.py"), spec_path, result_path]
+    process = subprocess.Popen(command, cwd=work_dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    tail = stream(process, os.path.join(work_dir, "logs", name + ".log"), prefix)
+    if process.wait() == 0 and os.path.isfile(result_path):
+        with open(result_path) as handle:
+            return json.load(handle), None
+    return None, "\n".join(tail) + f"\n(exit status {process.returncode})"
+
+
+def plan(variants, seeds, folder, name):
+    """(variant, seed) pairs, seed-major so that an interrupted sweep has every model at least once;
+    attribute models are dropped, with a note, when no item attributes can be derived."""
+    if not can_derive(folder, name):
+        dropped = [v for v in variants if VARIANTS[v].needs_attributes]
+        if dropped:
+            print(f"skipping {dropped}: {name} has no .item file and no .text + .item2index to derive one from")
+        variants = [v for v in variants if not VARIANTS[v].needs_attributes]
+    return [(variant, seed) for seed in seeds for variant in variants]
+
+
+def run_spec(args, variant_name, seed, name, data_path, work_dir, budget, overrides):
+    """What single_run.py needs to run one (variant, seed)."""
+    variant = VARIANTS[variant_name]
+    checkpoint_dir = os.path.join(work_dir, "saved", run_id(variant_name, seed))
+    return {
+        "variant": variant_name, "model": variant.model, "dataset": name,
+        "config": run_config(variant, name, data_path, seed, budget, checkpoint_dir, overrides),
+        "config_files": [os.path.abspath(path) for path in args.config_files],
+        "pretrained": os.path.abspath(args.pretrained) if variant.pretrained else None,
+        "stages": list(variant.stages), "pretrain_epochs": budget["s3rec_pretrain_epochs"],
+    }
+
+
+def last_error_line(error):
+    lines = [line for line in error.splitlines() if line.strip() and not line.startswith("(exit status")]
+    return lines[-1] if lines else error
+
+
+def sweep(args, folder, name, out_dir, work_dir):
+    """Run every planned (variant, seed) that has no finished record, writing each record as it ends."""
+    budget = budget_of(args)
+    overrides = parse_overrides(args.overrides)
+    run_budget = dict(budget, overrides=overrides)
+    pairs = plan(expand_variants(args.models, args.pretrained), args.seeds, folder, name)
+    data_path = prepare_working_copy(folder, os.path.join(work_dir, "data"))
+    host = machine()
+    print(f"{name}: {len(pairs)} runs, budget {budget}, overrides {overrides}, on {host['cpu']} ({host['cores']} cores)")
+    for index, (variant_name, seed) in enumerate(pairs, 1):
+        prefix = f"[{index}/{len(pairs)} {variant_name} seed {seed}]"
+        record_path = os.path.join(out_dir, "runs", run_id(variant_name, seed) + ".json")
+        done = finished(record_path)
+        if done:
+            note = "" if done["budget"] == run_budget else f" (kept; its budget was {done['budget']})"
+            print(f"{prefix} finished earlier, skipped{note}", flush=True)
+            continue
+        spec = run_spec(args, variant_name, seed, name, data_path, work_dir, budget, overrides)
+        print(f"{prefix} running", flush=True)
+        started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        clock = perf_counter()
+        summary, error = execute(spec, work_dir, args.threads, prefix)
+        record = {"dataset": name, "variant": variant_name, "model": spec["model"], "seed": seed,
+                  "status": "ok" if summary else "failed", "budget": run_budget, "config": spec["config"],
+                  "pretrained": spec["pretrained"], "machine": host, "started": started, "seconds": perf_counter() - clock}
+        record.update(summary or {"error": error})
+        write_json(record, record_path)
+        outcome = f"test NDCG@10 {summary['test']['ndcg@10']:.4f}" if summary else "FAILED: " + last_error_line(error)
+        print(f"{prefix} done in {record['seconds']:.0f}s, {outcome}", flush=True)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    folder, name = resolve_dataset(args)
+    out_dir = os.path.abspath(args.out or os.path.join(HERE, "results", name))
+    work_dir = os.path.abspath(args.work or os.path.join(HERE, "work", name))
+    for sub in (os.path.join(out_dir, "runs"), os.path.join(work_dir, "logs"), os.path.join(work_dir, "specs")):
+        os.makedirs(sub, exist_ok=True)
+    if not args.report_only:
+        sweep(args, folder, name, out_dir, work_dir)
+    print(write_reports(out_dir, name, expand_variants(args.models, args.pretrained)))
+
+
+if __name__ == "__main__":
+    main()

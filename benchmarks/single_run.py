@@ -1,0 +1,118 @@
+"""One benchmark run in its own process: ``python single_run.py SPEC.json RESULT.json``.
+
+A fresh process per run because RecBole's Config, logging and global seeds make repeated runs in one
+process fragile, and because peak resident memory (``ru_maxrss``) is only per run when the process is.
+The parent (run.py) sets the working directory, so RecBole's log/ and saved/ land in the work folder.
+"""
+import json
+import os
+import resource
+import sys
+from statistics import mean
+from time import perf_counter
+
+import torch
+from recbole.config import Config
+from recbole.data import create_dataset, data_preparation
+from recbole.trainer import S3RecTrainer
+from recbole.utils import get_model, init_logger, init_seed
+
+from recbole_missrec.quick_start import default_config_files, run_recbole_missrec
+
+METRICS = ("hit@10", "ndcg@10", "hit@50", "ndcg@50")
+
+
+def best_epoch(history, bigger=True):
+    """Epoch of the best validation score (the first one on ties, as RecBole's early stopping keeps)."""
+    scored = [record for record in history if "valid_score" in record]
+    if not scored:
+        return None
+    best = (max if bigger else min)(record["valid_score"] for record in scored)
+    return next(record["epoch"] for record in scored if record["valid_score"] == best)
+
+
+def summarize(result):
+    """The benchmark figures of one run_recbole_missrec result."""
+    history = result["history"]
+    valid_seconds = [record["valid_seconds"] for record in history if "valid_seconds" in record]
+    return {
+        "test": {metric: float(result["test_result"][metric]) for metric in METRICS},
+        "best_valid_score": float(result["best_valid_score"]),
+        "best_epoch": best_epoch(history, result["valid_score_bigger"]),
+        "epochs_run": len(history),
+        "train_seconds_per_epoch": mean(record["train_seconds"] for record in history) if history else None,
+        "eval_seconds": mean(valid_seconds) if valid_seconds else None,
+        "peak_rss_mb": result["peak_rss_mb"],
+        "trainable_params": result["trainable_params"],
+        "total_params": result["total_params"],
+        "history": history,
+    }
+
+
+def pretrain_s3rec(spec):
+    """S3Rec's self-supervised stage on the training split, run with RecBole's own S3RecTrainer (the
+    plugin's run_recbole_missrec treats train_stage=pretrain as MISSRec pre-training). Returns the path
+    of a weights-only copy of the result and its figures.
+
+    RecBole's pre-training checkpoint pickles its Config, and S3Rec's fine-tuning stage reloads it with a
+    plain torch.load, which refuses pickles on torch >= 2.6; the copy holds tensors only, so it loads.
+    """
+    config_dict = dict(spec["config"], train_stage="pretrain", pretrain_epochs=spec["pretrain_epochs"],
+                       save_step=spec["pretrain_epochs"])
+    files = default_config_files(spec["model"], spec["dataset"]) + spec["config_files"]
+    config = Config(model=spec["model"], dataset=spec["dataset"], config_file_list=files, config_dict=config_dict)
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    train_data, _, _ = data_preparation(config, create_dataset(config))
+    init_seed(config["seed"], config["reproducibility"])
+    model = get_model(spec["model"])(config, train_data._dataset).to(config["device"])
+    start = perf_counter()
+    S3RecTrainer(config, model).fit(train_data, show_progress=False)
+    seconds = perf_counter() - start
+    weights = os.path.join(config["checkpoint_dir"], "pretrained-weights.pth")
+    torch.save({"state_dict": model.state_dict()}, weights)
+    return weights, {"pretrain_epochs": spec["pretrain_epochs"], "pretrain_seconds": seconds}
+
+
+def run(spec):
+    """Train and test one variant; S3Rec pre-trains first, then fine-tunes from those weights."""
+    config = dict(spec["config"])
+    extra = {}
+    if "pretrain" in spec["stages"]:
+        weights, extra = pretrain_s3rec(spec)
+        config.update(train_stage="finetune", pre_model_path=weights)
+    # `pretrained` is passed only when given, so that the other runs do not depend on that newer argument
+    transfer = {"pretrained": spec["pretrained"]} if spec.get("pretrained") else {}
+    result = run_recbole_missrec(spec["model"], spec["dataset"], spec["config_files"], config, saved=True, **transfer)
+    if transfer:
+        extra["transfer"] = result.get("transfer")
+    return dict(summarize(result), **extra, torch_threads=torch.get_num_threads())
+
+
+def cpu_seconds():
+    """User + system CPU time of this process: unlike wall time, it does not grow when other jobs share
+    the cores (with OMP_NUM_THREADS=1 it approximates the wall time on an idle machine)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def write_json(record, path):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as handle:
+        json.dump(record, handle, indent=1, default=str)  # default: a load report may hold non-JSON values
+    os.replace(tmp, path)
+
+
+def main():
+    spec_path, result_path = sys.argv[1:3]
+    with open(spec_path) as handle:
+        spec = json.load(handle)
+    start = perf_counter()
+    record = run(spec)
+    record["wall_seconds"] = perf_counter() - start
+    record["cpu_seconds"] = cpu_seconds()
+    write_json(record, result_path)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""The benchmarked model variants and the config every run of them gets.
+
+Rule for all: hidden width 300 and the same training budget (epochs cap, early-stopping patience),
+evaluation protocol from ``properties/overall.yaml``; everything else is each model's own default
+(RecBole's ``properties/model/<Model>.yaml``, the plugin's ``properties/MISSRec.yaml``).
+"""
+import csv
+import os
+
+from attributes import CATEGORY_FIELD
+
+HIDDEN_SIZE = 300
+
+
+class Variant:
+    """A benchmark row: a model name plus the settings that make it this variant."""
+
+    def __init__(self, name, model, settings=None, needs_attributes=False, pretrained=False, stages=("train",)):
+        self.name = name
+        self.model = model
+        self.settings = dict(settings or {})
+        self.needs_attributes = needs_attributes
+        self.pretrained = pretrained
+        self.stages = stages
+
+
+VARIANTS = {
+    variant.name: variant
+    for variant in [
+        Variant("MISSRec-inductive", "MISSRec", {"train_stage": "inductive_ft"}),
+        Variant("MISSRec-transductive", "MISSRec", {"train_stage": "transductive_ft"}),
+        Variant("MISSRec-inductive+pretrained", "MISSRec", {"train_stage": "inductive_ft"}, pretrained=True),
+        Variant("MISSRec-transductive+pretrained", "MISSRec", {"train_stage": "transductive_ft"}, pretrained=True),
+        Variant("SASRec", "SASRec"),
+        Variant("GRU4Rec", "GRU4Rec", {"embedding_size": HIDDEN_SIZE}),
+        Variant("BERT4Rec", "BERT4Rec"),
+        Variant("FDSA", "FDSA", {"selected_features": [CATEGORY_FIELD]}, needs_attributes=True),
+        # RecBole's S3Rec: self-supervised pre-training on the same training split, then fine-tuning.
+        Variant("S3Rec", "S3Rec", {"item_attribute": CATEGORY_FIELD}, needs_attributes=True,
+                stages=("pretrain", "finetune")),
+    ]
+}
+DEFAULT_VARIANTS = ["MISSRec-inductive", "MISSRec-transductive", "SASRec", "GRU4Rec", "BERT4Rec", "FDSA", "S3Rec"]
+
+
+def expand_variants(names, pretrained_path):
+    """Variant names to run: the requested ones, plus the ``+pretrained`` twin of every MISSRec variant
+    when a checkpoint is given."""
+    unknown = [name for name in names if name not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"unknown model variant(s) {unknown}; choose from {sorted(VARIANTS)}")
+    if not pretrained_path and any(VARIANTS[name].pretrained for name in names):
+        raise SystemExit("the +pretrained variants need --pretrained PATH")
+    chosen = list(names)
+    if pretrained_path:
+        chosen += [f"{name}+pretrained" for name in names if f"{name}+pretrained" in VARIANTS]
+    return list(dict.fromkeys(chosen))
+
+
+def interaction_columns(data_path, dataset):
+    """Field names of the dataset's interaction files (benchmark ``.train.inter`` or atomic ``.inter``)."""
+    folder = os.path.join(data_path, dataset)
+    for suffix in ("train.inter", "inter"):
+        path = os.path.join(folder, f"{dataset}.{suffix}")
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as handle:
+                header = next(csv.reader(handle, delimiter="\t"))
+            return [field.split(":")[0] for field in header]
+    raise FileNotFoundError(f"no {dataset}.train.inter or {dataset}.inter in {folder}")
+
+
+def run_config(variant, dataset, data_path, seed, budget, checkpoint_dir, overrides=None):
+    """config_dict for run_recbole_missrec: shared budget rules, then the variant's settings, then the
+    user's ``--set`` overrides (highest priority)."""
+    config = {
+        "data_path": data_path,
+        "checkpoint_dir": checkpoint_dir,
+        "seed": seed,
+        "hidden_size": HIDDEN_SIZE,
+        "epochs": budget["epochs"],
+        "stopping_step": budget["stopping_step"],
+        "show_progress": False,
+        "state": "INFO",
+    }
+    config.update(variant.settings)
+    if variant.needs_attributes:
+        config["load_col"] = {"inter": interaction_columns(data_path, dataset), "item": ["item_id", CATEGORY_FIELD]}
+    config.update(overrides or {})
+    return config

@@ -1,0 +1,122 @@
+"""The benchmark harness (benchmarks/run.py, benchmarks/scaling.py) end to end on synthetic data."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from conftest import ROOT, write_benchmark_dataset
+
+BENCHMARKS = os.path.join(ROOT, "benchmarks")
+sys.path.insert(0, BENCHMARKS)
+
+from attributes import category_path, category_tokens, prepare_working_copy  # noqa: E402
+from report import mean_std  # noqa: E402
+
+TOY_LAYOUT = {
+    "benchmark_filename": ["train", "valid", "test"], "alias_of_item_id": ["item_id_list"],
+    "load_col": {"inter": ["user_id", "item_id_list", "item_id"]}, "plm_size": 16, "img_size": 12,
+    "MAX_ITEM_LIST_LENGTH": 10, "train_batch_size": 64, "eval_batch_size": 64, "use_gpu": False,
+}
+TOY_ITEMS = 60
+CATEGORIES = ["Lab Supplies Pipettes", "Safety Gloves", ""]
+
+
+def write_item_text(folder, name="toy", n_items=TOY_ITEMS):
+    """The .text/.item2index pair of the real datasets: ASIN<TAB>'title. categories. brand. '."""
+    with open(os.path.join(folder, f"{name}.text"), "w") as text, open(os.path.join(folder, f"{name}.item2index"), "w") as index:
+        text.write("item_id:token\ttext:token_seq\n")
+        for item in range(n_items):
+            category = CATEGORIES[item % 3]
+            path = f"Industrial & Scientific {category}" if category else ""
+            text.write(f"ASIN{item}\tWidget No. {item}. {path}. Brand{item % 4}. \n")
+            index.write(f"ASIN{item}\t{item}\n")
+
+
+def run_harness(tmp_path, *extra):
+    command = [sys.executable, os.path.join(BENCHMARKS, "run.py"), "--dataset", "toy", "--data_path", str(tmp_path),
+               "--quick", "--config-files", str(tmp_path / "toy.yaml"), "--out", str(tmp_path / "out"),
+               "--work", str(tmp_path / "work"), "--threads", "1", *extra]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout
+
+
+@pytest.fixture
+def toy(tmp_path):
+    folder = write_benchmark_dataset(tmp_path, n_items=TOY_ITEMS)  # more items than the @50 cut-off
+    write_item_text(folder, n_items=TOY_ITEMS)
+    (tmp_path / "toy.yaml").write_text(yaml.safe_dump(TOY_LAYOUT))
+    return tmp_path
+
+
+def test_category_derivation_counts_fields_from_the_end():
+    text = "Pipette No. 5, 10 ml. Industrial & Scientific Lab Supplies & Lab Pipettes. Acme. "
+    assert category_path(text) == "Industrial & Scientific Lab Supplies & Lab Pipettes"
+    assert category_tokens(category_path(text)) == ["lab", "supplies", "pipettes"]
+    assert category_tokens(category_path("Fan, 24 in. . TPI. ")) == ["no_category"]
+
+
+def test_working_copy_links_the_data_and_adds_the_item_file(toy, tmp_path):
+    data_path = prepare_working_copy(str(tmp_path / "toy"), str(tmp_path / "work"))
+    lines = (tmp_path / "work" / "toy" / "toy.item").read_text().splitlines()
+    assert lines[0] == "item_id:token\tcategories:token_seq"
+    assert lines[1:4] == ["0\tlab supplies pipettes", "1\tsafety gloves", "2\tno_category"]
+    assert os.path.islink(os.path.join(data_path, "toy", "toy.train.inter"))
+    assert not (tmp_path / "toy" / "toy.item").exists()  # the source folder is never written
+
+
+def test_quick_sweep_writes_reports_and_resumes(toy):
+    first = run_harness(toy, "--models", "MISSRec-inductive", "FDSA", "--seeds", "1", "2")
+    assert first.count("running") == 4 and "epoch 0 training" in first
+
+    results = json.loads((toy / "out" / "results.json").read_text())
+    runs = {(run["variant"], run["seed"]): run for run in results["runs"]}
+    assert set(runs) == {(v, s) for v in ("MISSRec-inductive", "FDSA") for s in (1, 2)}
+    for run in runs.values():
+        assert run["status"] == "ok", run.get("error")
+        assert set(run["test"]) == {"hit@10", "ndcg@10", "hit@50", "ndcg@50"}
+        assert all(0 <= value <= 1 for value in run["test"].values())
+        assert run["epochs_run"] == 1 and run["best_epoch"] == 0
+        assert run["train_seconds_per_epoch"] > 0 and run["eval_seconds"] > 0
+        assert run["peak_rss_mb"] > 50 and run["trainable_params"] > 0
+        assert run["config"]["hidden_size"] == 300
+    losses = [runs[("MISSRec-inductive", seed)]["history"][0]["train_loss"] for seed in (1, 2)]
+    assert losses[0] != losses[1]  # the seed reaches the run
+
+    table = (toy / "out" / "table.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| MISSRec-inductive") or line.startswith("| FDSA")]
+    assert len(rows) == 2 and all(" ± " in row and "| 1, 2 |" in row for row in rows)
+    assert (toy / "out" / "benchmark.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (toy / "work" / "log").is_dir() and not (toy / "log").exists()  # RecBole's side effects stay in work/
+
+    second = run_harness(toy, "--models", "MISSRec-inductive", "FDSA", "--seeds", "1", "2")
+    assert "running" not in second and second.count("finished earlier, skipped") == 4
+
+
+def test_failed_run_is_recorded_and_the_sweep_goes_on(toy):
+    run_harness(toy, "--models", "SASRec", "S3Rec", "--seeds", "1", "--set", "n_heads=7")  # 300 % 7 != 0
+    runs = json.loads((toy / "out" / "results.json").read_text())["runs"]
+    assert {run["variant"]: run["status"] for run in runs} == {"SASRec": "failed", "S3Rec": "failed"}
+    assert all("hidden size" in run["error"] for run in runs)
+    assert "Failed: SASRec seed 1" in (toy / "out" / "table.md").read_text()
+
+
+def test_mean_std_over_seeds():
+    assert mean_std([0.1, 0.3]) == "0.2000 ± 0.1414"
+    assert mean_std([0.25]) == "0.2500"
+
+
+def test_scaling_quick_writes_its_figures(tmp_path):
+    out = tmp_path / "scaling"
+    command = [sys.executable, os.path.join(BENCHMARKS, "scaling.py"), "--quick", "--out", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    figures = json.loads((out / "scaling.json").read_text())
+    assert [row["tokens"] for row in figures["kmeans"]] == figures["settings"]["tokens"]
+    assert all(row["seconds"] > 0 and row["cpu_seconds"] >= 0 and row["peak_rss_mb"] > 0 for row in figures["kmeans"])
+    assert all(row["ms_per_user"] > 0 and row["cpu_ms_per_user"] > 0 for row in figures["scoring"])
+    assert {row["mode"] for row in figures["scoring"]} == {"inductive_ft", "transductive_ft"}
+    assert "| tokens |" in (out / "scaling.md").read_text()
