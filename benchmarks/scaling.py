@@ -154,29 +154,28 @@ def in_subprocess(kind, *args):
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def kmeans_table(rows):
-    lines = ["| tokens | K | iterations | wall s | CPU s | seeding CPU s | assign CPU s | input MB | extra peak MB |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        if "skipped" in r:
-            lines.append(f"| {r['tokens']:,} | {r['k']} | {r['iterations']} | skipped: {r['skipped']} | | | | | |")
+def table(columns, rows, key_columns):
+    """A markdown table; ``columns`` are (header, format) pairs, and a skipped row keeps its first
+    ``key_columns`` cells and says why in the next one."""
+    lines = ["| " + " | ".join(header for header, _ in columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        cells = [fmt.format(**row) for _, fmt in columns[:key_columns]]
+        if "skipped" in row:
+            cells += [f"skipped: {row['skipped']}"] + [""] * (len(columns) - key_columns - 1)
         else:
-            lines.append(f"| {r['tokens']:,} | {r['k']} | {r['iterations']} | {r['seconds']:.1f} | {r['cpu_seconds']:.1f} | "
-                         f"{r['seeding_cpu_seconds']:.1f} | {r['assign_cpu_seconds']:.2f} | {r['input_mb']:.0f} | "
-                         f"{r['extra_peak_mb']:.0f} |")
+            cells += [fmt.format(**row) for _, fmt in columns[key_columns:]]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def scoring_table(rows):
-    lines = ["| candidates | mode | batch | candidates per call | batch wall s | batch CPU s | CPU ms / user | extra peak MB |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        if "skipped" in r:
-            lines.append(f"| {r['candidates']:,} | {r['mode']} | {r['batch']} | skipped: {r['skipped']} | | | | |")
-        else:
-            lines.append(f"| {r['candidates']:,} | {r['mode']} | {r['batch']} | {r['chunk']:,} | {r['batch_seconds']:.3f} | "
-                         f"{r['batch_cpu_seconds']:.3f} | {r['cpu_ms_per_user']:.2f} | {r['extra_peak_mb']:.0f} |")
-    return "\n".join(lines)
+KMEANS_COLUMNS = [("tokens", "{tokens:,}"), ("K", "{k}"), ("iterations", "{iterations}"), ("wall s", "{seconds:.1f}"),
+                  ("CPU s", "{cpu_seconds:.1f}"), ("seeding CPU s", "{seeding_cpu_seconds:.1f}"),
+                  ("assign CPU s", "{assign_cpu_seconds:.2f}"), ("input MB", "{input_mb:.0f}"),
+                  ("extra peak MB", "{extra_peak_mb:.0f}")]
+SCORING_COLUMNS = [("candidates", "{candidates:,}"), ("mode", "{mode}"), ("batch", "{batch}"),
+                   ("candidates per call", "{chunk:,}"), ("batch wall s", "{batch_seconds:.3f}"),
+                   ("batch CPU s", "{batch_cpu_seconds:.3f}"), ("CPU ms / user", "{cpu_ms_per_user:.2f}"),
+                   ("extra peak MB", "{extra_peak_mb:.0f}")]
 
 
 def main():
@@ -212,7 +211,7 @@ def main():
             print(f"scoring {n:,} candidates ({mode}): " + (row.get("skipped") or f"{row['cpu_ms_per_user']:.2f} CPU ms/user"), flush=True)
     with open(os.path.join(args.out, "scaling.json"), "w") as handle:
         json.dump({"settings": settings, "kmeans": kmeans_rows, "scoring": scoring_rows}, handle, indent=1)
-    text = f"Settings: `{json.dumps(settings)}`\n\n{kmeans_table(kmeans_rows)}\n\n{scoring_table(scoring_rows)}\n"
+    text = f"Settings: `{json.dumps(settings)}`\n\n{table(KMEANS_COLUMNS, kmeans_rows, 3)}\n\n{table(SCORING_COLUMNS, scoring_rows, 3)}\n"
     with open(os.path.join(args.out, "scaling.md"), "w") as handle:
         handle.write(text)
     print(text)

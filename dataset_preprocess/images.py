@@ -9,7 +9,6 @@ a re-run only tries what is left (failed items too with ``retry_failed``).
 import io
 import json
 import os
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -18,9 +17,9 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from PIL import Image
 from tqdm.auto import tqdm
 
+from recbole_missrec.atomic import atomic_open
 from recbole_missrec.encoders.image import find_image, image_file_stem
 
-from dataset_preprocess.layout import publish_mode
 
 MANIFEST = "manifest.jsonl"
 MAX_BYTES = 32 * 2**20
@@ -62,16 +61,8 @@ def image_format(data):
 
 
 def _write_atomically(path, data):
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
-    try:
-        publish_mode(tmp)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_open(path, "wb") as handle:
+        handle.write(data)
 
 
 def _permanent(error):

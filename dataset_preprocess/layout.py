@@ -9,7 +9,8 @@ Every file is written to a temporary name and renamed, so an interrupted run nev
 import json
 import os
 import re
-import tempfile
+
+from recbole_missrec.atomic import atomic_open
 
 from dataset_preprocess.interactions import leave_one_out
 
@@ -30,31 +31,12 @@ def dataset_file(dataset_dir, name, suffix):
     return os.path.join(dataset_dir, f"{name}.{suffix}")
 
 
-def publish_mode(path):
-    """Give a temporary file (``mkstemp`` makes it owner-only) the permissions of a normally created one."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
-
-
 def atomic_write_lines(path, lines):
     """Write ``lines`` (strings without newline) through a temporary file renamed into place."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        publish_mode(tmp)
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            for line in lines:
-                handle.write(line)
-                handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_open(path, "w", encoding="utf-8", newline="\n") as handle:
+        for line in lines:
+            handle.write(line)
+            handle.write("\n")
 
 
 def atomic_write_json(path, data):

@@ -19,7 +19,7 @@ from recbole_missrec.data.feature_file import read_feature_file, write_feature_f
 from dataset_preprocess.interactions import filter_and_index
 from dataset_preprocess.layout import (
     BENCHMARK_HEADER, FEATURE_SUFFIXES, INTER_HEADER, SPLITS, TEXT_HEADER, atomic_write_json, atomic_write_lines,
-    benchmark_line, dataset_file, dataset_name, feature_dim, is_processed, one_line, publish_mode, read_benchmark,
+    benchmark_line, dataset_file, dataset_name, feature_dim, is_processed, one_line, read_benchmark,
     read_index, read_json, read_texts, write_dataset,
 )
 from dataset_preprocess.stats import write_statistics
@@ -139,7 +139,6 @@ def merge_features(domains, output_dir, name):
         ]
         path = dataset_file(output_dir, name, suffix)
         write_feature_file(path, np.concatenate(blocks))
-        publish_mode(path)
         zero_filled = [domain.name for domain in domains if domain.name not in dims]
         sources = {domain.name: read_json(domain.file(suffix) + ".json").get("model")
                    if os.path.isfile(domain.file(suffix) + ".json") else None for domain in present}

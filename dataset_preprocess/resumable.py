@@ -9,15 +9,15 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from recbole_missrec.atomic import atomic_open
 from recbole_missrec.data.feature_file import write_feature_file
 
-from dataset_preprocess.layout import atomic_write_json, publish_mode, read_json
+from dataset_preprocess.layout import atomic_write_json, read_json
 
 
 def fingerprint(**inputs):
@@ -45,15 +45,8 @@ def is_done(path, key):
 
 def _save_part(path, table, report):
     """The chunk's table and report go into one .npz renamed into place: a part is whole or absent."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, table=table, report=np.array(json.dumps(report)))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_open(path, "wb") as handle:
+        np.savez(handle, table=table, report=np.array(json.dumps(report)))
 
 
 def _load_part(path):
@@ -107,7 +100,6 @@ def build_feature_file(path, key, n_rows, encode_chunk, summarise, chunk_size=20
         raise ValueError(f"{path}: nothing to encode (0 items)")
     table = np.concatenate(tables)
     write_feature_file(path, table)
-    publish_mode(path)
     report = {
         **(details or {}),
         "fingerprint": key,

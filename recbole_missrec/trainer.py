@@ -9,7 +9,6 @@ import math
 import os
 import random
 import re
-import tempfile
 from time import perf_counter
 
 import numpy as np
@@ -18,22 +17,14 @@ from recbole.trainer import Trainer
 from recbole.utils import set_color
 
 from recbole_missrec import distributed
+from recbole_missrec.atomic import atomic_open
 from recbole_missrec.data.transform import PretrainAugmentation
 
 
 def save_state(state, path):
     """torch.save to a temp file in the same folder, then rename: a crash never leaves half a file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=os.path.basename(path) + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_open(path, "wb") as handle:
+        torch.save(state, handle)
 
 
 def load_state(path, device="cpu"):

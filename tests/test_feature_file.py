@@ -3,6 +3,7 @@ import os
 import numpy as np
 import pytest
 
+from recbole_missrec.atomic import atomic_open
 from recbole_missrec.data.feature_file import FeatureFileError, read_feature_file, write_feature_file
 
 
@@ -50,3 +51,23 @@ def test_failed_write_keeps_the_old_file(tmp_path):
         write_feature_file(path, np.full((2, 2), np.nan))
     assert np.array_equal(read_feature_file(path, 2), np.ones((2, 2)))
     assert os.listdir(tmp_path) == ["d.feat1CLS"]  # no temp file left behind
+
+
+def test_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "d.feat1CLS"
+    old = np.ones((2, 4), dtype=np.float32)
+    write_feature_file(path, old)
+    with pytest.raises(RuntimeError, match="disk full"):
+        with atomic_open(path, "wb") as handle:
+            handle.write(b"half a table")
+            raise RuntimeError("disk full")
+    assert np.array_equal(read_feature_file(path, 4), old)
+    assert os.listdir(tmp_path) == ["d.feat1CLS"]
+
+
+def test_written_files_get_the_umask_permissions(tmp_path):
+    path = tmp_path / "d.feat1CLS"
+    write_feature_file(path, np.zeros((1, 4), dtype=np.float32))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask

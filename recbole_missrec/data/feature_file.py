@@ -4,9 +4,10 @@ This is the layout of UniSRec/MISSRec (`numpy.tofile`), kept so that published f
 unchanged. RecBole has no reader for it, hence this module; every check names the file and the fix.
 """
 import os
-import tempfile
 
 import numpy as np
+
+from recbole_missrec.atomic import atomic_open
 
 
 class FeatureFileError(ValueError):
@@ -55,16 +56,5 @@ def write_feature_file(path, table):
         raise ValueError(f"feature table for {path} must be 2-D, got shape {table.shape}")
     if not np.isfinite(table).all():
         raise ValueError(f"feature table for {path} holds NaN or inf; refusing to write it")
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            table.tofile(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_open(path, "wb") as handle:
+        table.tofile(handle)
