@@ -50,21 +50,29 @@ def assign(x, centroids):
 
 
 def kmeans_plus_plus(x, k, generator=None):
-    """k-means++ seeding: each new centre drawn with probability proportional to D(x)^2."""
+    """k-means++ seeding: each new centre drawn with probability proportional to D(x)^2.
+
+    The k draws are sequential, so each step is kept to one [n, d] matrix-vector product: the squared
+    norms are computed once, and the draw takes the unnormalised weights.
+    """
     n = x.shape[0]
-    first = torch.randint(n, (1,), generator=generator, device="cpu").item()
+    norms = x.pow(2).sum(1)  # [n]
+
+    def distances_to(row):  # [n] squared distances to x[row]
+        return (norms - 2 * (x @ x[row]) + norms[row]).clamp_min_(0)
+
+    pick = torch.randint(n, (1,), generator=generator, device="cpu").item()
     centroids = x.new_empty(k, x.shape[1])
-    centroids[0] = x[first]
-    closest = squared_distances(x, centroids[:1]).squeeze(1)
+    centroids[0] = x[pick]
+    closest = distances_to(pick)
     for i in range(1, k):
-        total = closest.sum()
-        if total > 0:
-            weights = (closest / total).cpu()
+        if closest.sum() > 0:
+            weights = closest.cpu()
         else:  # every point already coincides with a centre: draw uniformly
             weights = torch.ones(n)
         pick = torch.multinomial(weights, 1, generator=generator).item()
         centroids[i] = x[pick]
-        closest = torch.minimum(closest, squared_distances(x, centroids[i:i + 1]).squeeze(1))
+        torch.minimum(closest, distances_to(pick), out=closest)
     return centroids
 
 
