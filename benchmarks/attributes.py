@@ -10,6 +10,8 @@ first appearance. Items with an empty category path get the single token ``no_ca
 import os
 import re
 
+from recbole_missrec.atomic import atomic_open
+
 CATEGORY_FIELD = "categories"
 ROOT_CATEGORY = "Industrial & Scientific"
 NO_CATEGORY = "no_category"
@@ -45,11 +47,9 @@ def write_item_file(source_folder, name, target):
     if missing:
         raise ValueError(f"{name}.text lacks {len(missing)} items of {name}.item2index, e.g. {missing[0]}")
     rows = sorted((int(token), category_tokens(category_path(texts[asin]))) for asin, token in index.items())
-    tmp = target + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as handle:
+    with atomic_open(target, "w", encoding="utf-8") as handle:
         handle.write(f"item_id:token\t{CATEGORY_FIELD}:token_seq\n")
         handle.writelines(f"{token}\t{' '.join(words)}\n" for token, words in rows)
-    os.replace(tmp, target)
     return len(rows)
 
 

@@ -9,6 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 from matplotlib.ticker import MaxNLocator  # noqa: E402
+from recbole_missrec.atomic import atomic_open  # noqa: E402
 
 METRIC_COLUMNS = [("hit@10", "HIT@10"), ("ndcg@10", "NDCG@10"), ("hit@50", "HIT@50"), ("ndcg@50", "NDCG@50")]
 FIGURE_COLUMNS = [
@@ -120,10 +121,10 @@ def plot(runs, order, path, title):
 def write_reports(out_dir, dataset, order):
     """Assemble results.json, table.md and benchmark.png from runs/*.json. Returns the table."""
     runs = load_runs(out_dir)
-    with open(os.path.join(out_dir, "results.json"), "w") as handle:
+    with atomic_open(os.path.join(out_dir, "results.json"), "w") as handle:
         json.dump({"dataset": dataset, "runs": runs}, handle, indent=1)
     table = markdown_table(runs, order)
-    with open(os.path.join(out_dir, "table.md"), "w") as handle:
+    with atomic_open(os.path.join(out_dir, "table.md"), "w") as handle:
         handle.write(f"# {dataset}\n\n" + table)
     if any(run["status"] == "ok" for run in runs):
         plot(runs, order, os.path.join(out_dir, "benchmark.png"), dataset)

@@ -21,6 +21,7 @@ from time import perf_counter
 import yaml
 
 from attributes import can_derive, prepare_working_copy
+from recbole_missrec.atomic import atomic_open
 from report import write_reports
 from variants import DEFAULT_VARIANTS, VARIANTS, expand_variants, run_config
 
@@ -105,10 +106,8 @@ def run_id(variant, seed):
 
 def write_json(record, path):
     """Atomic write: a sweep killed mid-write never leaves a half record that would count as finished."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as handle:
+    with atomic_open(path, "w") as handle:
         json.dump(record, handle, indent=1)
-    os.replace(tmp, path)
 
 
 def finished(path):

@@ -17,6 +17,7 @@ from recbole.data import create_dataset, data_preparation
 from recbole.trainer import S3RecTrainer
 from recbole.utils import get_model, init_logger, init_seed
 
+from recbole_missrec.atomic import atomic_open
 from recbole_missrec.quick_start import default_config_files, run_recbole_missrec
 
 METRICS = ("hit@10", "ndcg@10", "hit@50", "ndcg@50")
@@ -81,10 +82,9 @@ def run(spec):
     if "pretrain" in spec["stages"]:
         weights, extra = pretrain_s3rec(spec)
         config.update(train_stage="finetune", pre_model_path=weights)
-    # `pretrained` is passed only when given, so that the other runs do not depend on that newer argument
-    transfer = {"pretrained": spec["pretrained"]} if spec.get("pretrained") else {}
-    result = run_recbole_missrec(spec["model"], spec["dataset"], spec["config_files"], config, saved=True, **transfer)
-    if transfer:
+    result = run_recbole_missrec(spec["model"], spec["dataset"], spec["config_files"], config, saved=True,
+                                 pretrained=spec.get("pretrained"))
+    if spec.get("pretrained"):
         extra["transfer"] = result.get("transfer")
     return dict(summarize(result), **extra, torch_threads=torch.get_num_threads())
 
@@ -97,10 +97,8 @@ def cpu_seconds():
 
 
 def write_json(record, path):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as handle:
+    with atomic_open(path, "w") as handle:
         json.dump(record, handle, indent=1, default=str)  # default: a load report may hold non-JSON values
-    os.replace(tmp, path)
 
 
 def main():
