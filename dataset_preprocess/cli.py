@@ -165,6 +165,13 @@ def run_stats(args):
         print(format_statistics(compute_statistics(args.dataset_dir, name)))
 
 
+def _add_dataset_outputs(parser, run):
+    """Output folder and filtering options of a command that builds a dataset folder, and its action."""
+    _add_output(parser)
+    _add_filtering(parser)
+    parser.set_defaults(run=run)
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="python -m dataset_preprocess",
@@ -182,22 +189,17 @@ def build_parser():
     amazon.add_argument("--text-fields", nargs="+", default=["title", "category", "brand"],
                         help="metadata fields joined into the item text; the first one must be present "
                              "(default: title category brand)")
-    _add_output(amazon)
-    _add_filtering(amazon)
-    amazon.set_defaults(run=run_amazon)
+    _add_dataset_outputs(amazon, run_amazon)
 
     table = commands.add_parser("table", help="any interaction table + item-text table -> dataset folder",
                                 description="CSV (comma) or TSV/RecBole atomic (tab) tables -> dataset folder.")
     table.add_argument("--interactions", required=True, help="table with user, item and timestamp columns")
     table.add_argument("--items", required=True, help="table with item id and text columns")
-    table.add_argument("--user-field", default="user_id")
-    table.add_argument("--item-field", default="item_id")
-    table.add_argument("--time-field", default="timestamp")
+    for field, default in (("user", "user_id"), ("item", "item_id"), ("time", "timestamp")):
+        table.add_argument(f"--{field}-field", default=default, help=f"{field} column (default {default})")
     table.add_argument("--text-fields", nargs="+", default=["title"],
                        help="text columns joined into the item text; the first one must be non-empty")
-    _add_output(table)
-    _add_filtering(table)
-    table.set_defaults(run=run_table)
+    _add_dataset_outputs(table, run_table)
 
     download = commands.add_parser("download-images", help="fetch item images from the metadata links",
                                    description="Download the images of a dataset's items (resumable).")
