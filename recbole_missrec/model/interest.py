@@ -29,22 +29,32 @@ def _chunk_rows(k):
     return max(1, _DISTANCE_BUDGET // max(k, 1))
 
 
-def squared_distances(x, centroids):
-    """[n, k] squared Euclidean distances, clamped at 0 against rounding."""
-    dist = x.pow(2).sum(1, keepdim=True) - 2 * x @ centroids.T + centroids.pow(2).sum(1)
+def row_norms(x):
+    """[n] squared norms of the rows of x; the points do not move, so callers compute them once."""
+    return x.pow(2).sum(1)
+
+
+def squared_distances(x, centroids, x_norms=None):
+    """[n, k] squared Euclidean distances, clamped at 0 against rounding. ``x_norms``: row_norms(x)."""
+    if x_norms is None:
+        x_norms = row_norms(x)
+    dist = torch.addmm(x_norms.unsqueeze(1), x, centroids.T, alpha=-2)  # one GEMM, no scaled copy of x
+    dist += centroids.pow(2).sum(1)
     return dist.clamp_min_(0)
 
 
-def assign(x, centroids):
+def assign(x, centroids, x_norms=None):
     """Nearest centroid of every row of x, computed in chunks so memory stays at one [chunk, K] block.
 
     Returns (labels [n] long, squared distance to that centroid [n]).
     """
+    if x_norms is None:
+        x_norms = row_norms(x)
     labels = torch.empty(x.shape[0], dtype=torch.long, device=x.device)
     best = torch.empty(x.shape[0], dtype=x.dtype, device=x.device)
     step = _chunk_rows(centroids.shape[0])
     for start in range(0, x.shape[0], step):
-        dist = squared_distances(x[start:start + step], centroids)
+        dist = squared_distances(x[start:start + step], centroids, x_norms[start:start + step])
         best[start:start + step], labels[start:start + step] = dist.min(dim=1)
     return labels, best
 
@@ -56,10 +66,10 @@ def kmeans_plus_plus(x, k, generator=None):
     norms are computed once, and the draw takes the unnormalised weights.
     """
     n = x.shape[0]
-    norms = x.pow(2).sum(1)  # [n]
+    norms = row_norms(x)
 
     def distances_to(row):  # [n] squared distances to x[row]
-        return (norms - 2 * (x @ x[row]) + norms[row]).clamp_min_(0)
+        return squared_distances(x, x[row:row + 1], norms).squeeze(1)
 
     pick = torch.randint(n, (1,), generator=generator, device="cpu").item()
     centroids = x.new_empty(k, x.shape[1])
@@ -102,11 +112,12 @@ def kmeans(x, k, max_iter=20, tol=1e-4, init_sample=50_000, generator=None):
     sample_size = min(n, max(init_sample, k))
     sample = x if sample_size == n else x[torch.randperm(n, generator=generator)[:sample_size].to(x.device)]
     centroids = kmeans_plus_plus(sample, k, generator)
-    labels, min_dist = assign(x, centroids)
+    norms = row_norms(x)
+    labels, min_dist = assign(x, centroids, norms)
     inertia = min_dist.sum().item()
     for _ in range(max_iter):
         centroids = _update_centroids(x, labels, centroids, min_dist)
-        labels, min_dist = assign(x, centroids)
+        labels, min_dist = assign(x, centroids, norms)
         previous, inertia = inertia, min_dist.sum().item()
         if previous - inertia <= tol * max(previous, 1e-12):
             break
