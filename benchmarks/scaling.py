@@ -52,6 +52,11 @@ def timed(function, *args, **kwargs):
     return perf_counter() - wall, time.process_time() - cpu
 
 
+def skipped(row, needed_mb):
+    """The row of a size left out because it would not fit in the memory this machine has free."""
+    return dict(row, skipped=f"needs about {needed_mb / 1024:.1f} GB, {available_mb() / 1024:.1f} GB available")
+
+
 def measure_kmeans(n, dim, k, iterations):
     """Seconds of seeding and of ``iterations`` Lloyd steps on n random tokens; extra peak memory."""
     import torch
@@ -61,7 +66,7 @@ def measure_kmeans(n, dim, k, iterations):
     row = {"tokens": n, "dim": dim, "k": k, "iterations": iterations}
     needed_mb = 3 * n * dim * 4 / 2**20 + 500  # tokens, k-means' float copy, labels and chunks, torch itself
     if needed_mb > 0.7 * (available_mb() or float("inf")):
-        return dict(row, skipped=f"needs about {needed_mb / 1024:.1f} GB, {available_mb() / 1024:.1f} GB available")
+        return skipped(row, needed_mb)
     x = torch.randn(n, dim, generator=torch.Generator().manual_seed(0))
     before = peak_mb()
     centroids = []
@@ -133,7 +138,7 @@ def measure_scoring(n_items, feature_dim, batch, mode, repeats):
     row = {"candidates": n_items, "mode": mode, "batch": batch}
     chunk, needed_mb = scoring_plan(n_items, feature_dim, HIDDEN, batch, mode)
     if chunk is None:
-        return dict(row, skipped=f"needs about {needed_mb / 1024:.1f} GB, {available_mb() / 1024:.1f} GB available")
+        return skipped(row, needed_mb)
     model = scoring_model(n_items, feature_dim, mode)
     users = F.normalize(torch.randn(batch, model.hidden_size, generator=torch.Generator().manual_seed(1)), dim=-1)
     chunks = torch.arange(n_items).split(chunk)

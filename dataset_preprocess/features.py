@@ -5,6 +5,7 @@ tokens whatever order the texts or images were found in. The encoders (torch, tr
 imported only when features are asked for, so the other commands start at once, and loaded only when
 some file actually needs work, so a re-run over finished files does not wait for a model.
 """
+import functools
 import os
 
 import numpy as np
@@ -50,14 +51,13 @@ def build_text_features(dataset_dir, name, model=None, suffix="feat1CLS", augmen
     if augment_suffix:
         outputs.append((augment_suffix, augmented_texts(texts, drop_ratio, seed),
                         {"drop_ratio": drop_ratio, "seed": seed}))
-    encoder = []  # loaded on first use
+    # loaded on first use
+    encoder = functools.cache(lambda: TextEncoder(model, device=device, pooling=pooling, max_length=max_length))
 
     def encode_with(values):
         def encode_chunk(start, stop):
-            if not encoder:
-                encoder.append(TextEncoder(model, device=device, pooling=pooling, max_length=max_length))
             chunk = values[start:stop]
-            table = encoder[0].encode(chunk, batch_size=batch_size, show_progress=False)
+            table = encoder().encode(chunk, batch_size=batch_size, show_progress=False)
             return table, {"blank_text": sum(1 for text in chunk if not str(text).strip())}
         return encode_chunk
 
@@ -104,12 +104,10 @@ def build_image_features(dataset_dir, name, image_dir, model=DEFAULT_IMAGE_MODEL
     items = read_index(dataset_file(dataset_dir, name, "item2index"))
     settings = {"model": _model_key(model), "image_dir": os.path.abspath(image_dir), "non_rgb": non_rgb}
     key = fingerprint(kind="image", files=_image_files_digest(items, image_dir), **settings)
-    encoder = []
+    encoder = functools.cache(lambda: ImageEncoder(model, device=device, non_rgb=non_rgb))  # loaded on first use
 
     def encode_chunk(start, stop):
-        if not encoder:
-            encoder.append(ImageEncoder(model, device=device, non_rgb=non_rgb))
-        table, report = encoder[0].encode_folder(items[start:stop], image_dir, batch_size, show_progress=False)
+        table, report = encoder().encode_folder(items[start:stop], image_dir, batch_size, show_progress=False)
         return table, report.as_dict()
 
     report = build_feature_file(

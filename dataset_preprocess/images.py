@@ -60,11 +60,6 @@ def image_format(data):
         return image.format
 
 
-def _write_atomically(path, data):
-    with atomic_open(path, "wb") as handle:
-        handle.write(data)
-
-
 def _permanent(error):
     """A missing page stays missing: retrying a 404/410 only wastes time."""
     return isinstance(error, urllib.error.HTTPError) and error.code in (400, 403, 404, 410)
@@ -80,7 +75,8 @@ def download_one(item, urls, image_dir, timeout=10.0, retries=2, backoff=1.0, fe
                 data = fetcher(url, timeout)
                 extension = EXTENSIONS.get(image_format(data), FALLBACK_EXTENSION)
                 path = os.path.join(image_dir, image_file_stem(item) + extension)
-                _write_atomically(path, data)
+                with atomic_open(path, "wb") as handle:
+                    handle.write(data)
                 return {"item": item, "status": "ok", "url": url, "file": os.path.basename(path),
                         "attempts": attempts}
             except Exception as caught:  # network, HTTP and decoding errors all mean "try again or give up"
