@@ -30,8 +30,10 @@ def _chunk_rows(k):
 
 
 def row_norms(x):
-    """[n] squared norms of the rows of x; the points do not move, so callers compute them once."""
-    return x.pow(2).sum(1)
+    """[n] squared norms of the rows of x; the points do not move, so callers compute them once. Computed
+    in row blocks, so that the squares never take a second copy of x."""
+    step = max(1, _DISTANCE_BUDGET // max(x.shape[1], 1))
+    return torch.cat([block.pow(2).sum(1) for block in x.split(step)])
 
 
 def squared_distances(x, centroids, x_norms=None):
