@@ -37,6 +37,11 @@ def load_state(path, device="cpu"):
 class SafeCheckpointMixin:
     """Replaces RecBole's pickled-Config checkpoints by weights-only ones (see module docstring)."""
 
+    def __init__(self, config, model):
+        # RecBole's ensure_dir checks, then creates: DDP ranks starting together race on it and one fails.
+        os.makedirs(config["checkpoint_dir"], exist_ok=True)
+        super().__init__(config, model)
+
     def _checkpoint_state(self, epoch):
         return {
             "model": self.config["model"],

@@ -6,12 +6,17 @@ import subprocess
 import sys
 
 import pytest
+import recbole.utils.utils
 import torch
+from recbole.config import Config
+from recbole.data import data_preparation
 
 from conftest import ROOT, tiny_pretrain_config, tiny_run_config, write_benchmark_dataset, write_pretrain_dataset
 from recbole_missrec import distributed
-from recbole_missrec.quick_start import run_recbole_missrec
-from recbole_missrec.trainer import load_state
+from recbole_missrec.model import MISSRec
+from recbole_missrec.quick_start import default_config_files, run_recbole_missrec
+from recbole_missrec.trainer import MISSRecTrainer, load_state
+from recbole_missrec.utils import create_dataset
 
 DRIVER = """
 import json, os, sys
@@ -82,3 +87,24 @@ def test_shares_cover_the_global_batch_and_weigh_it_evenly(monkeypatch):
     monkeypatch.setattr(distributed, "world_size", lambda: 3)
     monkeypatch.setattr(distributed, "rank", lambda: 0)
     assert distributed.shard([0, 1]) == ([1], 0.0)  # fewer rows than ranks: a weightless stand-in row
+
+
+class LosingTheFolderRace:
+    """``os`` as RecBole's ensure_dir sees it when another rank creates the folder between its check and
+    its makedirs: the check says missing, makedirs says it exists."""
+    path = os.path
+
+    @staticmethod
+    def makedirs(name, *args, **kwargs):
+        raise FileExistsError(17, "File exists", name)
+
+
+def test_a_rank_that_loses_the_checkpoint_folder_race_still_starts(tmp_path, monkeypatch):
+    write_benchmark_dataset(tmp_path)
+    config = Config(model=MISSRec, dataset="toy", config_file_list=default_config_files("MISSRec", "toy"),
+                    config_dict=tiny_run_config(tmp_path))
+    train_data, _, _ = data_preparation(config, create_dataset(config))
+    model = MISSRec(config, train_data._dataset)
+    monkeypatch.setattr(recbole.utils.utils, "os", LosingTheFolderRace)
+    MISSRecTrainer(config, model)
+    assert os.path.isdir(config["checkpoint_dir"])
