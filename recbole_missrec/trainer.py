@@ -10,8 +10,10 @@ import os
 import random
 import re
 from time import perf_counter
+from unittest import mock
 
 import numpy as np
+import recbole.trainer.trainer
 import torch
 from recbole.trainer import Trainer
 from recbole.utils import set_color
@@ -123,17 +125,29 @@ def with_plugin_trainer(trainer_class):
     return type(trainer_class.__name__, (EpochHistoryMixin, SafeCheckpointMixin, trainer_class), {})
 
 
+class NullWriter:
+    """Takes RecBole's TensorBoard calls on ranks other than 0 and writes nothing."""
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
+
+
 class DistributedStepMixin:
     """One optimisation step under DDP: the global batch from the loader (``_prepare_batch`` may augment it),
     cut to this rank's share, loss through the DistributedDataParallel wrapper, weighted by the share
     (see ``distributed.py``). Single-process runs take the plain path: ``model.calculate_loss`` on the batch.
 
     Validation runs on rank 0 alone and its score is broadcast, so every rank takes the same early-stopping
-    decision; rank 0 alone writes checkpoints.
+    decision; rank 0 alone writes checkpoints and TensorBoard events.
     """
 
     def __init__(self, config, model):
-        super().__init__(config, model)
+        if distributed.is_main():
+            super().__init__(config, model)
+        else:
+            # RecBole's Trainer.__init__ opens a SummaryWriter (a folder and an event file) unconditionally.
+            with mock.patch.object(recbole.trainer.trainer, "get_tensorboard", lambda logger: NullWriter()):
+                super().__init__(config, model)
         self.train_loss = distributed.loss_function(model)
         self.saved_model_file = distributed.broadcast_object(self.saved_model_file)  # names carry a time
 

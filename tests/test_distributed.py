@@ -63,7 +63,10 @@ def test_ddp_step_equals_single_process_step_on_the_global_batch(tmp_path):
         env={**os.environ, "PLUGIN_ROOT": ROOT, "DDP_RUNS": str(tmp_path / "runs.json"), "OMP_NUM_THREADS": "1"},
     )
     assert launched.returncode == 0, launched.stdout[-2000:] + launched.stderr[-4000:]
-    assert len(os.listdir(workdir / "log" / "MISSRec")) == 2  # one log file per run: rank 0 only
+    log_files = os.listdir(workdir / "log" / "MISSRec")
+    assert len(log_files) == 2  # one log file per run: rank 0 only
+    # TensorBoard folders are named after rank 0's log file; other ranks would add "model-<time>" ones
+    assert set(os.listdir(workdir / "log_tensorboard")) <= {name.removesuffix(".log") for name in log_files}
 
     for name, config in runs.items():
         result = run_recbole_missrec("MISSRec", name, config_dict=one_step(config, tmp_path / "single" / name))
