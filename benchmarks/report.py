@@ -9,7 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 from matplotlib.ticker import MaxNLocator  # noqa: E402
-from recbole_missrec.atomic import atomic_open  # noqa: E402
+from recbole_missrec.atomic import atomic_open, atomic_write_json  # noqa: E402
 
 METRIC_COLUMNS = [("hit@10", "HIT@10"), ("ndcg@10", "NDCG@10"), ("hit@50", "HIT@50"), ("ndcg@50", "NDCG@50")]
 FIGURE_COLUMNS = [
@@ -114,15 +114,15 @@ def plot(runs, order, path, title):
     curves.legend(fontsize=7)
     figure.suptitle(title)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    with atomic_open(path, "wb") as handle:
+        figure.savefig(handle, format="png", dpi=110)
     plt.close(figure)
 
 
 def write_reports(out_dir, dataset, order):
     """Assemble results.json, table.md and benchmark.png from runs/*.json. Returns the table."""
     runs = load_runs(out_dir)
-    with atomic_open(os.path.join(out_dir, "results.json"), "w") as handle:
-        json.dump({"dataset": dataset, "runs": runs}, handle, indent=1)
+    atomic_write_json(os.path.join(out_dir, "results.json"), {"dataset": dataset, "runs": runs}, indent=1)
     table = markdown_table(runs, order)
     with atomic_open(os.path.join(out_dir, "table.md"), "w") as handle:
         handle.write(f"# {dataset}\n\n" + table)

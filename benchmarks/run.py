@@ -21,7 +21,7 @@ from time import perf_counter
 import yaml
 
 from attributes import can_derive, prepare_working_copy
-from recbole_missrec.atomic import atomic_open
+from recbole_missrec.atomic import atomic_write_json
 from report import write_reports
 from variants import DEFAULT_VARIANTS, VARIANTS, expand_variants, run_config
 
@@ -104,12 +104,6 @@ def run_id(variant, seed):
     return f"{variant}__seed{seed}"
 
 
-def write_json(record, path):
-    """Atomic write: a sweep killed mid-write never leaves a half record that would count as finished."""
-    with atomic_open(path, "w") as handle:
-        json.dump(record, handle, indent=1)
-
-
 def finished(path):
     """The record at ``path`` if that run finished successfully (failed runs are retried)."""
     if not os.path.isfile(path):
@@ -138,7 +132,7 @@ def execute(spec, work_dir, threads, prefix):
     result_path = os.path.join(work_dir, "specs", name + ".result.json")
     if os.path.exists(result_path):
         os.remove(result_path)
-    write_json(spec, spec_path)
+    atomic_write_json(spec_path, spec, indent=1)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if threads:
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
@@ -206,7 +200,7 @@ def sweep(args, folder, name, out_dir, work_dir):
                   "status": "ok" if summary else "failed", "budget": run_budget, "config": spec["config"],
                   "pretrained": spec["pretrained"], "machine": host, "started": started, "seconds": perf_counter() - clock}
         record.update(summary or {"error": error})
-        write_json(record, record_path)
+        atomic_write_json(record_path, record, indent=1)  # a killed sweep leaves no half "finished" record
         outcome = f"test NDCG@10 {summary['test']['ndcg@10']:.4f}" if summary else "FAILED: " + last_error_line(error)
         print(f"{prefix} done in {record['seconds']:.0f}s, {outcome}", flush=True)
 

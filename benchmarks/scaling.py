@@ -32,6 +32,8 @@ import sys
 import time
 from time import perf_counter
 
+from recbole_missrec.atomic import atomic_open, atomic_write_json
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 HIDDEN = 300  # MISSRec.yaml's hidden_size, used by the scoring model
 FULL = {"tokens": [10_000, 100_000, 1_000_000], "candidates": [10_000, 100_000, 1_000_000], "dim": 300,
@@ -214,10 +216,10 @@ def main():
             scoring_rows.append(in_subprocess("scoring", n, settings["feature_dim"], settings["batch"], mode, settings["repeats"]))
             row = scoring_rows[-1]
             print(f"scoring {n:,} candidates ({mode}): " + (row.get("skipped") or f"{row['cpu_ms_per_user']:.2f} CPU ms/user"), flush=True)
-    with open(os.path.join(args.out, "scaling.json"), "w") as handle:
-        json.dump({"settings": settings, "kmeans": kmeans_rows, "scoring": scoring_rows}, handle, indent=1)
+    results = {"settings": settings, "kmeans": kmeans_rows, "scoring": scoring_rows}
+    atomic_write_json(os.path.join(args.out, "scaling.json"), results, indent=1)
     text = f"Settings: `{json.dumps(settings)}`\n\n{table(KMEANS_COLUMNS, kmeans_rows, 3)}\n\n{table(SCORING_COLUMNS, scoring_rows, 3)}\n"
-    with open(os.path.join(args.out, "scaling.md"), "w") as handle:
+    with atomic_open(os.path.join(args.out, "scaling.md"), "w") as handle:
         handle.write(text)
     print(text)
 

@@ -17,8 +17,9 @@ from recbole.data import create_dataset, data_preparation
 from recbole.trainer import S3RecTrainer
 from recbole.utils import get_model, init_logger, init_seed
 
-from recbole_missrec.atomic import atomic_open
+from recbole_missrec.atomic import atomic_write_json
 from recbole_missrec.quick_start import default_config_files, run_recbole_missrec
+from recbole_missrec.trainer import save_state
 
 METRICS = ("hit@10", "ndcg@10", "hit@50", "ndcg@50")
 
@@ -71,7 +72,7 @@ def pretrain_s3rec(spec):
     S3RecTrainer(config, model).fit(train_data, show_progress=False)
     seconds = perf_counter() - start
     weights = os.path.join(config["checkpoint_dir"], "pretrained-weights.pth")
-    torch.save({"state_dict": model.state_dict()}, weights)
+    save_state({"state_dict": model.state_dict()}, weights)
     return weights, {"pretrain_epochs": spec["pretrain_epochs"], "pretrain_seconds": seconds}
 
 
@@ -96,11 +97,6 @@ def cpu_seconds():
     return usage.ru_utime + usage.ru_stime
 
 
-def write_json(record, path):
-    with atomic_open(path, "w") as handle:
-        json.dump(record, handle, indent=1, default=str)  # default: a load report may hold non-JSON values
-
-
 def main():
     spec_path, result_path = sys.argv[1:3]
     with open(spec_path) as handle:
@@ -109,7 +105,7 @@ def main():
     record = run(spec)
     record["wall_seconds"] = perf_counter() - start
     record["cpu_seconds"] = cpu_seconds()
-    write_json(record, result_path)
+    atomic_write_json(result_path, record, indent=1, default=str)  # default: a load report may hold non-JSON values
 
 
 if __name__ == "__main__":

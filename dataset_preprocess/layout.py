@@ -10,7 +10,7 @@ import json
 import os
 import re
 
-from recbole_missrec.atomic import atomic_open
+from recbole_missrec import atomic
 
 from dataset_preprocess.interactions import leave_one_out
 
@@ -33,14 +33,15 @@ def dataset_file(dataset_dir, name, suffix):
 
 def atomic_write_lines(path, lines):
     """Write ``lines`` (strings without newline) through a temporary file renamed into place."""
-    with atomic_open(path, "w", encoding="utf-8", newline="\n") as handle:
+    with atomic.atomic_open(path, "w", encoding="utf-8", newline="\n") as handle:
         for line in lines:
             handle.write(line)
             handle.write("\n")
 
 
 def atomic_write_json(path, data):
-    atomic_write_lines(path, [json.dumps(data, indent=2, sort_keys=True)])
+    """The dataset folder's reports and statistics: indented, keys sorted, so that they diff well."""
+    atomic.atomic_write_json(path, data, indent=2, sort_keys=True)
 
 
 def read_json(path):

@@ -5,6 +5,7 @@ the target's folder that is renamed into place, so a crash or a full disk never 
 where a finished one (or an older good one) was.
 """
 import contextlib
+import json
 import os
 import tempfile
 
@@ -41,3 +42,10 @@ def atomic_open(path, mode="wb", **open_kwargs):
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
+
+
+def atomic_write_json(path, data, **dump_kwargs):
+    """``json.dump(data)`` through :func:`atomic_open`: a reader never sees half a record or report."""
+    with atomic_open(path, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, **dump_kwargs)
+        handle.write("\n")

@@ -10,7 +10,7 @@ import os
 import numpy as np
 import pandas as pd
 
-from recbole_missrec.atomic import atomic_open
+from recbole_missrec.atomic import atomic_write_json
 from recbole_missrec.data.feature_file import write_feature_file
 
 
@@ -45,6 +45,5 @@ def ensure_text_features(data_path, suffix, encoder=None, batch_size=128):
     texts = movie_texts(os.path.join(data_path, "ml-100k.item"))
     table = encode_texts(texts, encoder, batch_size=batch_size)
     write_feature_file(path, np.asarray(table, dtype=np.float32))
-    with atomic_open(stamp, "w") as handle:
-        json.dump({"encoder": encoder, "items": len(texts), "dim": int(table.shape[1])}, handle)
+    atomic_write_json(stamp, {"encoder": encoder, "items": len(texts), "dim": int(table.shape[1])})
     return folder
