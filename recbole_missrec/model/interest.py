@@ -61,14 +61,14 @@ def assign(x, centroids, x_norms=None):
     return labels, best
 
 
-def kmeans_plus_plus(x, k, generator=None):
+def kmeans_plus_plus(x, k, generator=None, x_norms=None):
     """k-means++ seeding: each new centre drawn with probability proportional to D(x)^2.
 
     The k draws are sequential, so each step is kept to one [n, d] matrix-vector product: the squared
-    norms are computed once, and the draw takes the unnormalised weights.
+    norms are computed once (``x_norms``: row_norms(x)), and the draw takes the unnormalised weights.
     """
     n = x.shape[0]
-    norms = row_norms(x)
+    norms = row_norms(x) if x_norms is None else x_norms
 
     def distances_to(row):  # [n] squared distances to x[row]
         return squared_distances(x, x[row:row + 1], norms).squeeze(1)
@@ -111,10 +111,13 @@ def kmeans(x, k, max_iter=20, tol=1e-4, init_sample=50_000, generator=None):
         raise ValueError(f"k-means needs 1 <= k <= number of points, got k={k} for {x.shape[0]} points")
     x = x.detach().float()
     n = x.shape[0]
-    sample_size = min(n, max(init_sample, k))
-    sample = x if sample_size == n else x[torch.randperm(n, generator=generator)[:sample_size].to(x.device)]
-    centroids = kmeans_plus_plus(sample, k, generator)
     norms = row_norms(x)
+    sample_size = min(n, max(init_sample, k))
+    if sample_size == n:
+        centroids = kmeans_plus_plus(x, k, generator, norms)
+    else:
+        sample = torch.randperm(n, generator=generator)[:sample_size].to(x.device)
+        centroids = kmeans_plus_plus(x[sample], k, generator, norms[sample])
     labels, min_dist = assign(x, centroids, norms)
     inertia = min_dist.sum().item()
     for _ in range(max_iter):
