@@ -9,7 +9,7 @@ call itself needed on top of its inputs. A size whose estimated memory exceeds 7
 available is skipped (and says so) rather than pushing other jobs out. Writes <out>/scaling.json and
 <out>/scaling.md.
 
-- k-means: ``recbole_missrec.model.interest.kmeans`` on N random 300-d tokens with K=1024, run for a fixed
+- k-means: ``recbole_missrec.model.missrec.interest.kmeans`` on N random 300-d tokens with K=1024, run for a fixed
   number of Lloyd iterations, tol=-inf so that it never stops early (2 by default: every iteration costs
   about the same and is reported; the model's cap is 20). Seeding (k-means++ on a sample of at most 50k
   tokens plus the first assignment) is timed by a run with max_iter=0, and one iteration's dominant cost,
@@ -63,7 +63,7 @@ def measure_kmeans(n, dim, k, iterations):
     """Seconds of seeding and of ``iterations`` Lloyd steps on n random tokens; extra peak memory."""
     import torch
 
-    from recbole_missrec.model.interest import assign, kmeans
+    from recbole_missrec.model.missrec.interest import assign, kmeans
 
     row = {"tokens": n, "dim": dim, "k": k, "iterations": iterations}
     needed_mb = 3 * n * dim * 4 / 2**20 + 500  # tokens, k-means' float copy, labels and chunks, torch itself
@@ -94,17 +94,20 @@ def scoring_model(n_items, feature_dim, mode):
     import torch
     import yaml
 
+    from recbole_missrec.data.feature_store import store_from_rows
     from recbole_missrec.model import MISSRec
 
-    with open(os.path.join(os.path.dirname(HERE), "properties", "MISSRec.yaml")) as handle:
-        config = _Config(yaml.safe_load(handle))
+    config = _Config()
+    for name in ("overall.yaml", os.path.join("model", "MISSRec.yaml")):
+        with open(os.path.join(os.path.dirname(HERE), "properties", name)) as handle:
+            config.update(yaml.safe_load(handle))
     config.update(USER_ID_FIELD="user_id", ITEM_ID_FIELD="item_id", LIST_SUFFIX="_list", NEG_PREFIX="neg_",
                   ITEM_LIST_LENGTH_FIELD="item_length", MAX_ITEM_LIST_LENGTH=50, device="cpu",
                   train_stage=mode, num_interest=64, hidden_size=HIDDEN)
     generator = torch.Generator().manual_seed(0)
-    features = {name: torch.randn(n_items, feature_dim, generator=generator) for name in ("text", "img")}
-    dataset = types.SimpleNamespace(num=lambda field: n_items, modal_features=features,
-                                    modal_missing=torch.zeros(n_items, 2, dtype=torch.bool))
+    stores = {name: store_from_rows(torch.randn(n_items, feature_dim, generator=generator).numpy())
+              for name in ("text", "img")}
+    dataset = types.SimpleNamespace(num=lambda field: n_items, item_features=stores)
     return MISSRec(config, dataset).eval()
 
 

@@ -5,21 +5,15 @@ process fragile, and because peak resident memory (``ru_maxrss``) is only per ru
 The parent (run.py) sets the working directory, so RecBole's log/ and saved/ land in the work folder.
 """
 import json
-import os
 import resource
 import sys
 from statistics import mean
 from time import perf_counter
 
 import torch
-from recbole.config import Config
-from recbole.data import create_dataset, data_preparation
-from recbole.trainer import S3RecTrainer
-from recbole.utils import get_model, init_logger, init_seed
 
 from recbole_missrec.atomic import atomic_write_json
-from recbole_missrec.quick_start import default_config_files, run_recbole_missrec
-from recbole_missrec.trainer import save_state
+from recbole_missrec.quick_start import run_recbole_missrec
 
 METRICS = ("hit@10", "ndcg@10", "hit@50", "ndcg@50")
 
@@ -51,37 +45,23 @@ def summarize(result):
     }
 
 
-def pretrain_s3rec(spec):
-    """S3Rec's self-supervised stage on the training split, run with RecBole's own S3RecTrainer (the
-    plugin's run_recbole_missrec treats train_stage=pretrain as MISSRec pre-training). Returns the path
-    of a weights-only copy of the result and its figures.
-
-    RecBole's pre-training checkpoint pickles its Config, and S3Rec's fine-tuning stage reloads it with a
-    plain torch.load, which refuses pickles on torch >= 2.6; the copy holds tensors only, so it loads.
-    """
-    config_dict = dict(spec["config"], train_stage="pretrain", pretrain_epochs=spec["pretrain_epochs"],
-                       save_step=spec["pretrain_epochs"])
-    files = default_config_files(spec["model"], spec["dataset"]) + spec["config_files"]
-    config = Config(model=spec["model"], dataset=spec["dataset"], config_file_list=files, config_dict=config_dict)
-    init_seed(config["seed"], config["reproducibility"])
-    init_logger(config)
-    train_data, _, _ = data_preparation(config, create_dataset(config))
-    init_seed(config["seed"], config["reproducibility"])
-    model = get_model(spec["model"])(config, train_data._dataset).to(config["device"])
+def pretrain(spec):
+    """A RecBole model's pre-training stage (S3Rec's self-supervised one), run through the plugin's entry
+    point as RecBole runs it; the plugin's trainers save it weights-only, so the fine-tuning stage's
+    ``torch.load`` reads it. Returns the checkpoint's path and the stage's figures."""
+    config = dict(spec["config"], train_stage="pretrain", pretrain_epochs=spec["pretrain_epochs"],
+                  save_step=spec["pretrain_epochs"])
     start = perf_counter()
-    S3RecTrainer(config, model).fit(train_data, show_progress=False)
-    seconds = perf_counter() - start
-    weights = os.path.join(config["checkpoint_dir"], "pretrained-weights.pth")
-    save_state({"state_dict": model.state_dict()}, weights)
-    return weights, {"pretrain_epochs": spec["pretrain_epochs"], "pretrain_seconds": seconds}
+    result = run_recbole_missrec(spec["model"], spec["dataset"], spec["config_files"], config, saved=True)
+    return result["checkpoint"], {"pretrain_epochs": spec["pretrain_epochs"], "pretrain_seconds": perf_counter() - start}
 
 
 def run(spec):
-    """Train and test one variant; S3Rec pre-trains first, then fine-tunes from those weights."""
+    """Train and test one variant; a two-stage one (S3Rec) pre-trains first, then fine-tunes from there."""
     config = dict(spec["config"])
     extra = {}
     if "pretrain" in spec["stages"]:
-        weights, extra = pretrain_s3rec(spec)
+        weights, extra = pretrain(spec)
         config.update(train_stage="finetune", pre_model_path=weights)
     result = run_recbole_missrec(spec["model"], spec["dataset"], spec["config_files"], config, saved=True,
                                  pretrained=spec.get("pretrained"))

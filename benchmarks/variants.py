@@ -2,7 +2,7 @@
 
 Rule for all: hidden width 300 and the same training budget (epochs cap, early-stopping patience),
 evaluation protocol from ``properties/overall.yaml``; everything else is each model's own default
-(RecBole's ``properties/model/<Model>.yaml``, the plugin's ``properties/MISSRec.yaml``).
+(RecBole's ``properties/model/<Model>.yaml``, the plugin's ``properties/model/<Model>.yaml``).
 """
 import csv
 import os

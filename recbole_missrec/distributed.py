@@ -12,7 +12,8 @@ trained the unwrapped ``.module``, so gradients were never all-reduced (spec §9
   loss over the global batch;
 - in-batch negatives can be gathered from every rank with a gather whose backward returns each row's
   gradient to the rank that owns it;
-- interest discovery runs on rank 0 and its buffers are broadcast; only rank 0 logs and writes files.
+- epoch-start hooks (MISSRec's interest discovery) run on rank 0 and the model's persistent buffers are
+  broadcast; only rank 0 logs and writes files.
 
 Outside torchrun (``WORLD_SIZE`` unset or 1) every function here is a no-op.
 """
@@ -86,8 +87,8 @@ def loss_function(model):
     """``model.calculate_loss``, through a DistributedDataParallel wrapper when running distributed.
 
     Frozen parameters must already have ``requires_grad=False``. Buffers are not synchronised on every
-    forward (the feature tables would be broadcast each step); interest buffers are broadcast explicitly
-    after each discovery (:func:`broadcast_buffers`).
+    forward (the feature tables would be broadcast each step); persistent buffers are broadcast explicitly
+    after each epoch-start hook (:func:`broadcast_buffers`).
     """
     if not is_distributed():
         return model.calculate_loss
@@ -161,12 +162,14 @@ def gather_rows(x):
     return _gather_padded(x, sizes), start
 
 
-def broadcast_buffers(module, prefix):
-    """Copy rank 0's buffers whose names start with ``prefix`` to every rank."""
+def broadcast_buffers(module):
+    """Copy rank 0's persistent buffers (the model state a hook such as interest discovery may change) to
+    every rank; non-persistent ones (feature tables) are the same everywhere and stay local."""
     if not is_distributed():
         return
+    persistent = set(module.state_dict())
     for name, buffer in module.named_buffers():
-        if name.startswith(prefix):
+        if name in persistent:
             carrier = buffer.to(torch.uint8) if buffer.dtype == torch.bool else buffer
             dist.broadcast(carrier, src=0)
             if carrier is not buffer:

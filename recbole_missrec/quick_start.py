@@ -1,56 +1,27 @@
-"""run_recbole_missrec: RecBole's quick start, with the plugin's models, datasets, trainers and yaml.
+"""run_recbole_missrec, objective_function and load_data_and_model: RecBole's quick start for the plugin.
 
-Same signature and flow as ``recbole.quick_start.run_recbole``; it exists because RecBole's version
-looks models, datasets and trainers up in RecBole only, and because the result here also carries what
-benchmarks need (per-epoch history, parameter counts, peak memory). MISSRec adds its two-stage flow:
-``train_stage=pretrain`` (fixed epochs, periodic checkpoints, ``resume``) and fine-tuning from a
-pre-trained checkpoint (``pretrained``). Under ``torchrun`` every stage runs data-parallel.
+Same signatures and flow as ``recbole.quick_start``; they exist because RecBole's versions look models,
+datasets and trainers up in RecBole only (and reload pickled checkpoints), and because the result here also
+carries what benchmarks need (per-epoch history, parameter counts, peak memory). A plugin model's stage is
+chosen by ``train_stage``: a pre-training stage with ``pretrain_select: fixed_epochs`` trains on the train
+split for a fixed number of epochs (``resume`` continues it), every other stage trains with validation and
+early stopping and is tested. RecBole's models (S3Rec's pre-training included) take RecBole's own flow.
+Under ``torchrun`` every stage of a plugin model runs data-parallel.
 """
 import logging
-import os
 import resource
 import sys
 from logging import getLogger
 
-from recbole.config import Config
 from recbole.data import data_preparation
 from recbole.data.dataloader import TrainDataLoader
 from recbole.utils import init_logger, init_seed, set_color
 
 from recbole_missrec import distributed
-from recbole_missrec.data.dataset import MISSRecPretrainDataset
-from recbole_missrec.trainer import DistributedStepMixin, MISSRecPretrainTrainer, latest_checkpoint, load_state
-from recbole_missrec.utils import create_dataset, get_model, get_trainer
-
-PROPERTIES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "properties")
-PRETRAIN = "pretrain"
-STAGE_FILES = {"MISSRec": {PRETRAIN: "pretrain.yaml", "finetune": "finetune.yaml"}}
-
-
-def _config_files(model_name, dataset_name, stage_file):
-    if not os.path.isdir(PROPERTIES):
-        raise FileNotFoundError(
-            f"the plugin's properties folder {PROPERTIES} is missing: install the plugin from its source "
-            f"tree with `pip install -e .`"
-        )
-    names = ["overall.yaml", f"{model_name}.yaml", stage_file, f"dataset/{dataset_name}.yaml"]
-    paths = [os.path.join(PROPERTIES, name) for name in names if name]
-    return [path for path in paths if os.path.isfile(path)]
-
-
-def default_config_files(model_name, dataset_name, stage=None):
-    """The plugin's yaml for this run, lowest priority first: the shared evaluation protocol, the model's
-    defaults, its training stage (pre-training when ``stage`` is "pretrain", else fine-tuning), then the
-    dataset's layout. Missing ones are skipped."""
-    stages = STAGE_FILES.get(model_name, {})
-    return _config_files(model_name, dataset_name, stages.get(PRETRAIN if stage == PRETRAIN else "finetune"))
-
-
-def requested_stage(model_class, dataset, config_file_list, config_dict):
-    """``train_stage`` as the user set it (command line, dict or their yaml), read before the plugin's stage
-    file is chosen; None when unset (fine-tuning)."""
-    files = _config_files(model_class.__name__, dataset, None) + list(config_file_list)
-    return Config(model=model_class, dataset=dataset, config_file_list=files, config_dict=config_dict)["train_stage"]
+from recbole_missrec.config import PluginConfig
+from recbole_missrec.data import ml100k
+from recbole_missrec.trainer import CheckpointError, HookedStepMixin, latest_checkpoint, load_state
+from recbole_missrec.utils import create_dataset, get_trainer, is_plugin_model, stage_kind
 
 
 def count_parameters(model):
@@ -83,8 +54,8 @@ def _summarise(names):
 
 
 def load_pretrained(model, path, freeze, logger):
-    """Transfer a pre-trained checkpoint into ``model`` by name, log what was loaded, skipped and newly
-    initialised, and freeze the backbone if asked. Returns the load report."""
+    """Transfer a pre-trained checkpoint into ``model`` by name (the family's ``load_pretrained``), log what
+    was loaded, skipped and newly initialised, and freeze the backbone if asked. Returns the load report."""
     checkpoint = load_state(path, next(model.parameters()).device)
     report = model.load_pretrained(checkpoint.get("state_dict", checkpoint))
     logger.info(set_color("Pre-trained weights", "blue") + f" from {path}")
@@ -94,66 +65,70 @@ def load_pretrained(model, path, freeze, logger):
     logger.info(f"  newly initialised: {_summarise(report['new'])}")
     if freeze:
         model.freeze_backbone()
-        logger.info("  frozen: position table and encoder-decoder (freeze_backbone=True)")
+        logger.info("  frozen: the backbone (freeze_backbone=True)")
     return report
 
 
-def _build_model(model_class, config, dataset, logger):
+def build_model(model_class, config, dataset, logger):
+    """The model, seeded as RecBole seeds it, on the run's device."""
     init_seed(config["seed"], config["reproducibility"])
     net = model_class(config, dataset).to(config["device"])
     distributed.seed_rank(config["seed"])
     logger.info(net)
-    return net
-
-
-def _log_parameters(net, logger):
     trainable, total = count_parameters(net)
     logger.info(set_color("Parameters", "blue") + f": {trainable} trainable of {total}")
-    return trainable, total
+    return net, trainable, total
 
 
-def pretrain(model_class, config, logger, resume=None, saved=True):
-    """Pre-train on the train split of ``config["dataset"]`` (a merged multi-domain set or any dataset).
+def _run_summary(trainer, trainable, total):
+    return {
+        "history": trainer.history,
+        "trainable_params": trainable,
+        "total_params": total,
+        "peak_rss_mb": peak_memory_mb(),
+        "world_size": distributed.world_size(),
+    }
+
+
+def pretrain_fixed_epochs(model_class, config, logger, resume=None, saved=True):
+    """Pre-train for a fixed number of epochs on the train split of ``config["dataset"]`` (a merged
+    multi-domain set or any dataset).
 
     ``resume``: a checkpoint path, or True for the latest one of this run's name (a fresh start if there is
     none yet, so the same command can simply be relaunched after a crash).
     """
-    dataset = MISSRecPretrainDataset(config)
+    dataset = create_dataset(config, model_class)
     logger.info(dataset)
+    if dataset.pt_domains():
+        logger.info(f"pre-training domains: {dataset.pt_domains()}")
     train_data = TrainDataLoader(config, dataset.build()[0], None, shuffle=True)
-    net = _build_model(model_class, config, train_data._dataset, logger)
-    trainable, total = _log_parameters(net, logger)
-    trainer = MISSRecPretrainTrainer(config, net)
+    net, trainable, total = build_model(model_class, config, train_data._dataset, logger)
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"], config["train_stage"])(config, net)
     if resume:
         path = latest_checkpoint(trainer.checkpoint_prefix) if resume is True else resume
         if path:
             trainer.resume_checkpoint(path)
         else:
             logger.warning(f"no checkpoint {trainer.checkpoint_prefix}-<epoch>.pth to resume yet: starting afresh")
-    history = trainer.fit(train_data, saved=saved, show_progress=config["show_progress"])
+    trainer.fit(train_data, saved=saved, show_progress=config["show_progress"])
     distributed.barrier()
-    return {
-        "history": history,
-        "trainable_params": trainable,
-        "total_params": total,
-        "peak_rss_mb": peak_memory_mb(),
-        "checkpoint": trainer.saved_model_file,
-        "world_size": distributed.world_size(),
-    }
+    return dict(_run_summary(trainer, trainable, total), checkpoint=trainer.saved_model_file)
 
 
-def finetune(model_class, config, logger, pretrained=None, saved=True):
-    """Train with validation and early stopping, then evaluate the best checkpoint on the test split."""
-    data = create_dataset(config)
+def train_and_evaluate(model_class, config, logger, pretrained=None, saved=True):
+    """RecBole's flow: train with validation and early stopping, then evaluate the best checkpoint on the
+    test split. ``pretrained`` (plugin models): a checkpoint to transfer from first."""
+    data = create_dataset(config, model_class)
     logger.info(data)
     train_data, valid_data, test_data = data_preparation(config, data)
-    net = _build_model(model_class, config, train_data._dataset, logger)
+    net, trainable, total = build_model(model_class, config, train_data._dataset, logger)
     report = load_pretrained(net, pretrained, config["freeze_backbone"], logger) if pretrained else None
-    trainable, total = _log_parameters(net, logger)
-
-    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, net)
-    if distributed.world_size() > 1 and not isinstance(trainer, DistributedStepMixin):
-        raise ValueError(f"data-parallel training is implemented for MISSRec's trainers, not {type(trainer).__name__}")
+    if report is not None:
+        trainable, total = count_parameters(net)
+        logger.info(set_color("Parameters after transfer", "blue") + f": {trainable} trainable of {total}")
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"], config["train_stage"])(config, net)
+    if distributed.world_size() > 1 and not isinstance(trainer, HookedStepMixin):
+        raise ValueError(f"data-parallel training is implemented for the plugin's trainers, not {type(trainer).__name__}")
     best_valid_score, best_valid_result = trainer.fit(
         train_data, valid_data, saved=saved, show_progress=config["show_progress"]
     )
@@ -163,44 +138,95 @@ def finetune(model_class, config, logger, pretrained=None, saved=True):
         test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
     logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
     logger.info(set_color("test result", "yellow") + f": {test_result}")
-    return {
-        "best_valid_score": best_valid_score,
-        "valid_score_bigger": config["valid_metric_bigger"],
-        "best_valid_result": best_valid_result,
-        "test_result": test_result,
-        "history": trainer.history,
-        "trainable_params": trainable,
-        "total_params": total,
-        "peak_rss_mb": peak_memory_mb(),
-        "checkpoint": trainer.saved_model_file if saved else None,
-        "transfer": report,
-        "world_size": distributed.world_size(),
-    }
+    return dict(
+        _run_summary(trainer, trainable, total),
+        model=config["model"],
+        best_valid_score=best_valid_score,
+        valid_score_bigger=config["valid_metric_bigger"],
+        best_valid_result=best_valid_result,
+        test_result=test_result,
+        checkpoint=trainer.saved_model_file if saved else None,
+        transfer=report,
+    )
 
 
-def run_recbole_missrec(model=None, dataset=None, config_file_list=None, config_dict=None, saved=True,
-                        pretrained=None, resume=None):
-    """Train ``model`` on ``dataset``: pre-training when ``train_stage`` is "pretrain", otherwise fine-tuning
-    (from the checkpoint ``pretrained`` if given) and evaluation of the best checkpoint on the test split.
+def _fixed_epoch_stage(model_class, config):
+    if stage_kind(model_class, config["train_stage"]) != "pretrain":
+        return False
+    trainer_class = get_trainer(config["MODEL_TYPE"], config["model"], config["train_stage"])
+    return not trainer_class.validates(config)
 
-    Fine-tuning returns RecBole's result dict plus ``history`` (one record per epoch), ``trainable_params``,
-    ``total_params``, ``peak_rss_mb``, ``checkpoint`` and ``transfer`` (the load report); pre-training
-    returns the history (loss terms and sequences/s per epoch), parameter counts and the last checkpoint.
-    """
-    model_class = get_model(model)
-    user_files = list(config_file_list or [])
-    stage = requested_stage(model_class, dataset, user_files, config_dict)
-    files = default_config_files(model_class.__name__, dataset, stage) + user_files
-    config = Config(model=model_class, dataset=dataset, config_file_list=files, config_dict=config_dict)
+
+def prepare_run(model=None, dataset=None, config_file_list=None, config_dict=None):
+    """Config, process group, seeds, logger and prepared data (the embedded default's features) of a run."""
+    config = PluginConfig(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
     distributed.init(config)
     init_seed(config["seed"], config["reproducibility"])
     logger = _init_logging(config)
     logger.info(sys.argv)
     logger.info(config)
-    if config["train_stage"] == PRETRAIN:
+    if is_plugin_model(config.model_class):
+        ml100k.prepare(config)
+    return config, logger
+
+
+def run_recbole_missrec(model=None, dataset=None, config_file_list=None, config_dict=None, saved=True,
+                        pretrained=None, resume=None):
+    """Train ``model`` (a name, or a model class) on ``dataset``.
+
+    A plugin model's fixed-epoch pre-training returns the history (loss terms and sequences/s per epoch),
+    parameter counts and the last checkpoint. Every other run trains with validation, tests the best
+    checkpoint and returns RecBole's result dict plus ``history`` (one record per epoch),
+    ``trainable_params``, ``total_params``, ``peak_rss_mb``, ``checkpoint`` and ``transfer`` (the load
+    report of ``pretrained``).
+    """
+    config, logger = prepare_run(model, dataset, config_file_list, config_dict)
+    model_class = config.model_class
+    if pretrained and not is_plugin_model(model_class):
+        raise ValueError(f"`pretrained` transfers into the plugin's models; {config['model']} is RecBole's "
+                         f"(S3Rec: pass pre_model_path with train_stage=finetune)")
+    if is_plugin_model(model_class) and _fixed_epoch_stage(model_class, config):
         if pretrained:
             raise ValueError("`pretrained` is for fine-tuning; continue a pre-training run with `resume`")
-        return pretrain(model_class, config, logger, resume=resume, saved=saved)
+        return pretrain_fixed_epochs(model_class, config, logger, resume=resume, saved=saved)
     if resume:
-        raise ValueError("`resume` continues a pre-training run (train_stage=pretrain)")
-    return finetune(model_class, config, logger, pretrained=pretrained, saved=saved)
+        raise ValueError("`resume` continues a fixed-epoch pre-training run (train_stage=pretrain)")
+    return train_and_evaluate(model_class, config, logger, pretrained=pretrained, saved=saved)
+
+
+def objective_function(config_dict=None, config_file_list=None, saved=True):
+    """RecBole's ``objective_function`` for ``recbole.trainer.HyperTuning``, for plugin and RecBole models:
+    model and dataset come from the files, the dict or the command line, as in RecBole."""
+    result = run_recbole_missrec(config_file_list=config_file_list, config_dict=config_dict, saved=saved)
+    keys = ("model", "best_valid_score", "valid_score_bigger", "best_valid_result", "test_result")
+    return {key: result[key] for key in keys}
+
+
+def load_data_and_model(model_file, data_path=None, config_dict=None):
+    """RecBole's ``load_data_and_model`` for the plugin's weights-only checkpoints: rebuilds the run's
+    config (stored in the checkpoint as plain values), dataset and data loaders, and the trained model.
+
+    ``data_path`` says where the data lives now; ``config_dict`` overrides any other stored setting (e.g.
+    ``{"use_gpu": False}``). Returns (config, model, dataset, train_data, valid_data, test_data), as RecBole
+    does, so ``recbole.utils.case_study.full_sort_topk`` works on it.
+    """
+    checkpoint = load_state(model_file)
+    if "config" not in checkpoint:
+        raise CheckpointError(f"{model_file} records no config (written by an older version of the plugin): "
+                              f"retrain, or rebuild the run with run_recbole_missrec and load its state_dict")
+    stored = dict(checkpoint["config"], **(config_dict or {}))
+    if data_path is not None:
+        stored["data_path"] = data_path
+    config = PluginConfig(model=stored.pop("model"), dataset=stored.pop("dataset"), config_dict=stored)
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    logger = getLogger()
+    if is_plugin_model(config.model_class):
+        ml100k.prepare(config)
+    dataset = create_dataset(config, config.model_class)
+    train_data, valid_data, test_data = data_preparation(config, dataset)
+    init_seed(config["seed"], config["reproducibility"])
+    model = config.model_class(config, train_data._dataset).to(config["device"])
+    model.load_state_dict(checkpoint["state_dict"])
+    logger.info(f"loaded {config['model']} from {model_file}")
+    return config, model.eval(), dataset, train_data, valid_data, test_data

@@ -1,8 +1,19 @@
-"""Trainers: RecBole's, with safe checkpoints, plus MISSRec's interest discovery, pre-training and DDP.
+"""The plugin's trainer engine: RecBole's ``Trainer`` plus what a plugin model family needs, and nothing
+that belongs to one family.
 
-RecBole 1.2.1 pickles its Config into checkpoints and reloads them with ``torch.load`` defaults, which
-fails on torch >= 2.6 (``weights_only=True``) and would unpickle arbitrary objects otherwise. Every trainer
-this plugin hands out therefore saves plain tensors, atomically, and loads with ``weights_only=True``.
+- **Weights-only checkpoints.** RecBole 1.2.1 pickles its Config into checkpoints and reloads them with
+  ``torch.load`` defaults, which fails on torch >= 2.6 (``weights_only=True``) and would unpickle arbitrary
+  objects otherwise. Every trainer the plugin hands out (RecBole's baselines' too) saves plain tensors and
+  the resolved config as plain values, atomically, and loads with ``weights_only=True``.
+- **An epoch history** (seconds, loss terms, validation results) for reports; RecBole only logs text.
+- **Model hooks**, all optional: ``on_epoch_start(epoch, generator)`` (rank 0 runs it; it may change the
+  model's persistent buffers, which are then broadcast; it may return a line to log),
+  ``prepare_batch(interaction, generator)`` (adds stage inputs such as augmented views to a training batch
+  before it is split across ranks), ``calculate_loss`` returning a dict of named terms, and a
+  ``gather_rows`` attribute that the engine points at the cross-rank gather under DDP.
+- **Data-parallel steps** under ``torchrun`` (``distributed.py``) and **resumable fixed-epoch
+  pre-training** (:class:`PretrainTrainer`): every random stream in the checkpoint, so a resumed run
+  continues bit-for-bit.
 """
 import glob
 import math
@@ -20,7 +31,14 @@ from recbole.utils import set_color
 
 from recbole_missrec import distributed
 from recbole_missrec.atomic import atomic_open
-from recbole_missrec.data.transform import PretrainAugmentation
+
+# Keys RecBole's Config derives itself; a stored config leaves them out so that it can be fed back in.
+DERIVED_CONFIG_KEYS = ("MODEL_TYPE", "MODEL_INPUT_TYPE", "eval_type", "device", "single_spec", "local_rank",
+                       "valid_neg_sample_args", "test_neg_sample_args")
+
+
+class CheckpointError(ValueError):
+    """A file is not a checkpoint of this plugin, or not one that fits; the message names the file."""
 
 
 def save_state(state, path):
@@ -30,10 +48,48 @@ def save_state(state, path):
 
 
 def load_state(path, device="cpu"):
-    """Load a checkpoint written by :func:`save_state` (tensors and plain containers only)."""
+    """Load a checkpoint written by :func:`save_state` (tensors and plain containers only, nothing is
+    unpickled)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    return torch.load(path, map_location=device, weights_only=True)
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as error:  # torch raises several types for foreign or damaged files
+        raise CheckpointError(
+            f"{path} is not a readable weights-only checkpoint ({type(error).__name__}: {str(error).splitlines()[0][:200]}). "
+            f"Pass a .pth file written by recbole-missrec; RecBole's own checkpoints pickle their Config and are "
+            f"not loaded, by design."
+        ) from None
+
+
+def _plain(value):
+    """(value with tuples as lists, True) if it is made of plain YAML/JSON types (recursively), else
+    (anything, False)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value, True
+    if isinstance(value, (list, tuple)):
+        items = [_plain(item) for item in value]
+        return [item for item, _ in items], all(ok for _, ok in items)
+    if isinstance(value, dict):
+        items = {str(key): _plain(item) for key, item in value.items()}
+        return {key: item for key, (item, _) in items.items()}, all(ok for _, ok in items.values())
+    return None, False
+
+
+def plain_config(config):
+    """The resolved config as plain values, without the keys RecBole derives; ``PluginConfig(config_dict=
+    plain_config(config))`` rebuilds the same run. Training-time negative sampling that is off is None."""
+    plain = {}
+    for key, value in config.final_config_dict.items():
+        if key in DERIVED_CONFIG_KEYS:
+            continue
+        converted, ok = _plain(value)
+        if ok:
+            plain[key] = converted
+    negatives = plain.get("train_neg_sample_args")
+    if isinstance(negatives, dict) and negatives.get("distribution") == "none":
+        plain["train_neg_sample_args"] = None
+    return plain
 
 
 class SafeCheckpointMixin:
@@ -47,6 +103,7 @@ class SafeCheckpointMixin:
     def _checkpoint_state(self, epoch):
         return {
             "model": self.config["model"],
+            "config": plain_config(self.config),
             "epoch": epoch,
             "cur_step": self.cur_step,
             "best_valid_score": float(self.best_valid_score),
@@ -62,10 +119,17 @@ class SafeCheckpointMixin:
         if verbose:
             self.logger.info(set_color("Saving current", "blue") + f": {path}")
 
+    def save_pretrained_model(self, epoch, saved_model_file):
+        """RecBole's PretrainTrainer (S3Rec's pre-training stage) saves through here: weights only, so that
+        RecBole's fine-tuning stage can ``torch.load`` the file on torch >= 2.6."""
+        if distributed.is_main():
+            save_state(self._checkpoint_state(epoch), saved_model_file)
+        self.saved_model_file = saved_model_file
+
     def resume_checkpoint(self, resume_file):
         checkpoint = load_state(str(resume_file), self.device)
         if checkpoint["model"].lower() != self.config["model"].lower():
-            raise ValueError(f"{resume_file} holds a {checkpoint['model']} model, not {self.config['model']}")
+            raise CheckpointError(f"{resume_file} holds a {checkpoint['model']} model, not {self.config['model']}")
         self.saved_model_file = str(resume_file)
         self.start_epoch = checkpoint["epoch"] + 1
         self.cur_step = checkpoint["cur_step"]
@@ -84,15 +148,16 @@ class SafeCheckpointMixin:
 
 
 class EpochHistoryMixin:
-    """Keeps one record per epoch (seconds, loss, validation score) for reports and benchmarks; RecBole
-    only logs these as text."""
+    """Keeps one record per epoch (seconds, loss and its named terms, validation results) for reports and
+    benchmarks; RecBole only logs these as text."""
 
     def __init__(self, config, model):
         super().__init__(config, model)
         self.history = []
+        self.loss_names = None
 
     def _before_epoch(self, epoch_idx):
-        """Work that belongs to an epoch's training time (MISSRec: interest discovery)."""
+        """Work that belongs to an epoch's training time (the model's ``on_epoch_start`` hook)."""
 
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         start = perf_counter()
@@ -105,6 +170,8 @@ class EpochHistoryMixin:
                   "before_epoch_seconds": steps_start - start}
         if isinstance(loss, tuple):
             record["train_loss_terms"] = [float(term) for term in loss]
+            if self.loss_names:
+                record["loss_names"] = list(self.loss_names)
         self.history.append(record)
         return loss
 
@@ -132,14 +199,19 @@ class NullWriter:
         return lambda *args, **kwargs: None
 
 
-class DistributedStepMixin:
-    """One optimisation step under DDP: the global batch from the loader (``_prepare_batch`` may augment it),
-    cut to this rank's share, loss through the DistributedDataParallel wrapper, weighted by the share
-    (see ``distributed.py``). Single-process runs take the plain path: ``model.calculate_loss`` on the batch.
+class HookedStepMixin:
+    """Calls the model's hooks (see the module docstring) and runs each optimisation step, data-parallel
+    under ``torchrun``: the global batch from the loader (``prepare_batch`` may extend it), cut to this
+    rank's share, loss through the DistributedDataParallel wrapper, weighted by the share (see
+    ``distributed.py``). Single-process runs take the plain path: the model's loss on the batch.
 
     Validation runs on rank 0 alone and its score is broadcast, so every rank takes the same early-stopping
     decision; rank 0 alone writes checkpoints and TensorBoard events.
     """
+
+    # Per-epoch seeds of the hooks' generators: seed * 1000 + epoch (+ offset), so a run is deterministic
+    # and a run resumed at an epoch boundary draws what an uninterrupted one would.
+    EPOCH_HOOK_SEED, BATCH_HOOK_SEED = 0, 500
 
     def __init__(self, config, model):
         if distributed.is_main():
@@ -149,14 +221,43 @@ class DistributedStepMixin:
             with mock.patch.object(recbole.trainer.trainer, "get_tensorboard", lambda logger: NullWriter()):
                 super().__init__(config, model)
         self.train_loss = distributed.loss_function(model)
+        if distributed.is_distributed() and hasattr(model, "gather_rows"):
+            model.gather_rows = distributed.gather_rows
         self.saved_model_file = distributed.broadcast_object(self.saved_model_file)  # names carry a time
+        self._epoch = 0
+        self._batch_generator = None
+
+    def _seed(self, offset):
+        return int(self.config["seed"]) * 1000 + offset + self._epoch
+
+    def _before_epoch(self, epoch_idx):
+        self._epoch = epoch_idx
+        self._batch_generator = None
+        hook = getattr(self.model, "on_epoch_start", None)
+        if hook is None:
+            return
+        message = None
+        if distributed.is_main():
+            message = hook(epoch_idx, torch.Generator().manual_seed(self._seed(self.EPOCH_HOOK_SEED)))
+        distributed.broadcast_buffers(self.model)
+        if message:
+            self.logger.info(message)
 
     def _prepare_batch(self, interaction):
-        return interaction
+        hook = getattr(self.model, "prepare_batch", None)
+        if hook is None:
+            return interaction
+        device = self.device
+        if self._batch_generator is None:
+            self._batch_generator = torch.Generator(device=device).manual_seed(self._seed(self.BATCH_HOOK_SEED))
+        return hook(interaction, self._batch_generator)
 
     def _step_loss(self, interaction):
         share, weight = distributed.shard(self._prepare_batch(interaction))
         losses = self.train_loss(share)
+        if isinstance(losses, dict):
+            self.loss_names = list(losses)
+            losses = tuple(losses.values())
         if weight == 1.0:
             return losses
         return tuple(weight * loss for loss in losses) if isinstance(losses, tuple) else weight * losses
@@ -171,25 +272,8 @@ class DistributedStepMixin:
         return distributed.broadcast_object(result)
 
 
-class InterestDiscoveryMixin:
-    """Interest discovery over all item-modality tokens at the start of every training epoch.
-
-    The clustering is seeded from the run seed and the epoch, so a run is deterministic; the centroids
-    are model buffers and travel with every checkpoint, so a loaded model evaluates without re-clustering.
-    Under DDP rank 0 clusters and broadcasts (GPU k-means is not bit-reproducible across processes).
-    """
-
-    def _before_epoch(self, epoch_idx):
-        used = 0
-        if distributed.is_main():
-            generator = torch.Generator().manual_seed(int(self.config["seed"]) * 1000 + epoch_idx)
-            used = self.model.discover_interests(generator)
-        distributed.broadcast_buffers(self.model, "interest")
-        self.logger.info(f"epoch {epoch_idx} interest discovery: {used} of {self.model.n_interests} interests used")
-
-
-class MISSRecTrainer(InterestDiscoveryMixin, DistributedStepMixin, EpochHistoryMixin, SafeCheckpointMixin, Trainer):
-    """Fine-tuning: RecBole's loop with interest discovery each epoch, DDP steps and safe checkpoints."""
+class PluginTrainer(HookedStepMixin, EpochHistoryMixin, SafeCheckpointMixin, Trainer):
+    """Training with validation and early stopping (RecBole's loop) for the plugin's model families."""
 
 
 def rng_state(loader_generator):
@@ -222,20 +306,31 @@ def latest_checkpoint(prefix):
     return max(found)[1] if found else None
 
 
-class MISSRecPretrainTrainer(InterestDiscoveryMixin, DistributedStepMixin, EpochHistoryMixin, SafeCheckpointMixin, Trainer):
-    """Pre-training (spec §6.1): a fixed number of epochs, no validation, a checkpoint every ``save_step``
-    epochs and after the last one.
+class PretrainTrainer(PluginTrainer):
+    """Pre-training of a plugin model family.
 
-    A checkpoint holds the model, optimizer, scheduler, epoch, history and every rank's random states, so
-    ``resume_checkpoint`` + ``fit`` continue bit-for-bit as if the run had never stopped. The augmentation
-    and the clustering are re-seeded per epoch; the rest (dropout, shuffling) is restored from the file.
+    ``pretrain_select: fixed_epochs`` (MISSRec's reference): a fixed number of epochs on the train split,
+    no validation, a checkpoint every ``save_step`` epochs and after the last one. A checkpoint holds the
+    model, optimizer, scheduler, epoch, history and every rank's random states, so ``resume_checkpoint`` +
+    ``fit`` continue bit-for-bit as if the run had never stopped.
+    ``pretrain_select: best_valid`` (MSM4SR's reference): RecBole's loop, validated every epoch, keeping
+    the best checkpoint.
     """
+
+    @staticmethod
+    def validates(config):
+        """Whether this stage trains with validation (then the run loads all three splits)."""
+        select = config["pretrain_select"] or "fixed_epochs"
+        if select not in ("fixed_epochs", "best_valid"):
+            raise ValueError(f"pretrain_select={select!r} is not supported; use fixed_epochs or best_valid")
+        return select == "best_valid"
 
     def __init__(self, config, model):
         super().__init__(config, model)
+        if self.validates(config):
+            return
         self.save_step = config["save_step"]
-        self.augment = PretrainAugmentation(config)
-        self.scheduler = self._build_scheduler(config["lr_schedule"])
+        self.scheduler = self._build_scheduler(config["lr_schedule"] or "constant")
         self.checkpoint_prefix = os.path.join(self.checkpoint_dir, f"{config['model']}-{config['dataset']}-pretrain")
         self.saved_model_file = None
         self._resumed_rng = None
@@ -250,17 +345,10 @@ class MISSRecPretrainTrainer(InterestDiscoveryMixin, DistributedStepMixin, Epoch
             raise ValueError(f"lr_schedule={kind!r} is not supported; use constant or cosine")
         return torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
 
-    def _before_epoch(self, epoch_idx):
-        self.augment.set_epoch(epoch_idx)
-        super()._before_epoch(epoch_idx)
-
-    def _prepare_batch(self, interaction):
-        return self.augment(interaction)
-
     def _pretrain_state(self, epoch, train_data):
         return {
-            "model": self.config["model"], "train_stage": "pretrain", "epoch": epoch,
-            "state_dict": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "model": self.config["model"], "config": plain_config(self.config), "train_stage": "pretrain",
+            "epoch": epoch, "state_dict": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "history": self.history,
             "rng": distributed.gather_objects(rng_state(train_data.generator)),
         }
@@ -274,11 +362,13 @@ class MISSRecPretrainTrainer(InterestDiscoveryMixin, DistributedStepMixin, Epoch
         self.saved_model_file = path
 
     def resume_checkpoint(self, resume_file):
+        if self.validates(self.config):
+            return super().resume_checkpoint(resume_file)
         checkpoint = load_state(str(resume_file), self.device)
-        if checkpoint.get("train_stage") != "pretrain":
-            raise ValueError(f"{resume_file} is not a pre-training checkpoint of this plugin")
+        if checkpoint.get("train_stage") != "pretrain" or checkpoint.get("model") != self.config["model"]:
+            raise CheckpointError(f"{resume_file} is not a {self.config['model']} pre-training checkpoint of this plugin")
         if len(checkpoint["rng"]) != distributed.world_size():
-            raise ValueError(
+            raise CheckpointError(
                 f"{resume_file} was written by {len(checkpoint['rng'])} processes; resume it with as many "
                 f"(now {distributed.world_size()}) to continue bit-for-bit"
             )
@@ -291,8 +381,20 @@ class MISSRecPretrainTrainer(InterestDiscoveryMixin, DistributedStepMixin, Epoch
         self._resumed_rng = checkpoint["rng"][distributed.rank()]
         self.logger.info(f"Resumed from {resume_file}: next epoch {self.start_epoch + 1} of {self.epochs}")
 
+    def _log_epoch(self, epoch, record):
+        names = record.get("loss_names") or [f"term {i + 1}" for i in range(len(record["loss_per_batch"]))]
+        terms = ", ".join(f"{name} {term:.4f}" for name, term in zip(names, record["loss_per_batch"]))
+        self.logger.info(
+            f"pretrain epoch {epoch + 1}/{self.epochs}: mean batch loss {sum(record['loss_per_batch']):.4f} "
+            f"({terms}), {record['train_seconds']:.1f}s ({record['before_epoch_seconds']:.1f}s before the "
+            f"epoch's steps), {record['sequences_per_second']:.0f} sequences/s"
+        )
+
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
-        """Train for ``epochs`` epochs; returns the per-epoch history (loss terms, seconds, sequences/s)."""
+        """Fixed epochs: train for ``epochs`` epochs and return the per-epoch history (loss terms, seconds,
+        sequences/s). Best-valid selection: RecBole's fit."""
+        if self.validates(self.config):
+            return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
         if self._resumed_rng is not None:
             set_rng_state(self._resumed_rng, train_data.generator)
             self._resumed_rng = None
@@ -301,16 +403,11 @@ class MISSRecPretrainTrainer(InterestDiscoveryMixin, DistributedStepMixin, Epoch
             self._train_epoch(train_data, epoch, show_progress=show_progress)
             self.scheduler.step()
             record = self.history[-1]
-            record["loss_per_batch"] = [term / batches for term in record["train_loss_terms"]]
+            terms = record.get("train_loss_terms", [record["train_loss"]])
+            record["loss_per_batch"] = [term / batches for term in terms]
             record["sequences_per_second"] = rows / (record["train_seconds"] - record["before_epoch_seconds"])
             if verbose:
-                terms = ", ".join(f"{term:.4f}" for term in record["loss_per_batch"])
-                self.logger.info(
-                    f"pretrain epoch {epoch + 1}/{self.epochs}: mean batch loss {sum(record['loss_per_batch']):.4f} "
-                    f"(seq-item, lambda * seq-seq, gamma * penalty: {terms}), {record['train_seconds']:.1f}s "
-                    f"({record['before_epoch_seconds']:.1f}s interest discovery), "
-                    f"{record['sequences_per_second']:.0f} sequences/s"
-                )
+                self._log_epoch(epoch, record)
             if saved and ((epoch + 1) % self.save_step == 0 or epoch + 1 == self.epochs):
                 self._save_pretrain_checkpoint(epoch, train_data)
         return self.history

@@ -8,6 +8,8 @@ import pytest
 import torch
 import yaml
 
+from recbole_missrec.data.feature_store import store_from_rows
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA = os.path.join(os.path.dirname(ROOT), "shared", "data")
 
@@ -30,8 +32,12 @@ class ModelConfig(dict):
 
 
 def missrec_defaults():
-    with open(os.path.join(ROOT, "properties", "MISSRec.yaml")) as handle:
-        return yaml.safe_load(handle)
+    """overall.yaml then MISSRec's model yaml, as the plugin's Config layers them."""
+    settings = {}
+    for name in ("overall.yaml", os.path.join("model", "MISSRec.yaml")):
+        with open(os.path.join(ROOT, "properties", name)) as handle:
+            settings.update(yaml.safe_load(handle))
+    return settings
 
 
 def model_config(**overrides):
@@ -45,21 +51,25 @@ def model_config(**overrides):
     return config
 
 
-def fake_dataset(n_items=12, dims=(10, 6), missing_rows=(3, 5), seed=0):
-    """An object with what MISSRec reads from a MISSRecDataset: item count, feature tables, missing mask.
+def fake_dataset(n_items=12, dims=(10, 6), missing_rows=(3, 5), seed=0, augmented=False):
+    """An object with what a plugin model reads from a MultiModalDataset: the item count and one feature
+    store per modality (and the word-dropped text store, ``text_aug``, when ``augmented``).
 
     Items in ``missing_rows`` lack the last modality (all-zero row); row 0 is the padding item.
     """
     generator = torch.Generator().manual_seed(seed)
     names = ("text", "img")[: len(dims)]
-    features = {}
+    tables = {}
     for name, dim in zip(names, dims):
         table = torch.randn(n_items, dim, generator=generator)
         table[0] = 0
-        features[name] = table
-    features[names[-1]][list(missing_rows)] = 0
-    missing = torch.stack([~table.any(dim=1) for table in features.values()], dim=1)
-    return types.SimpleNamespace(num=lambda field: n_items, modal_features=features, modal_missing=missing)
+        tables[name] = table
+    tables[names[-1]][list(missing_rows)] = 0
+    if augmented:
+        tables["text_aug"] = tables["text"] + 0.5
+        tables["text_aug"][0] = 0
+    stores = {name: store_from_rows(table.numpy()) for name, table in tables.items()}
+    return types.SimpleNamespace(num=lambda field: n_items, item_features=stores)
 
 
 def write_benchmark_dataset(root, name="toy", n_users=40, n_items=30, text_dim=16, img_dim=12,

@@ -8,14 +8,14 @@ import sys
 import pytest
 import recbole.utils.utils
 import torch
-from recbole.config import Config
 from recbole.data import data_preparation
 
 from conftest import ROOT, tiny_pretrain_config, tiny_run_config, write_benchmark_dataset, write_pretrain_dataset
 from recbole_missrec import distributed
 from recbole_missrec.model import MISSRec
-from recbole_missrec.quick_start import default_config_files, run_recbole_missrec
-from recbole_missrec.trainer import MISSRecTrainer, load_state
+from recbole_missrec.config import PluginConfig
+from recbole_missrec.quick_start import run_recbole_missrec
+from recbole_missrec.trainer import PluginTrainer, load_state
 from recbole_missrec.utils import create_dataset
 
 DRIVER = """
@@ -104,10 +104,9 @@ class LosingTheFolderRace:
 
 def test_a_rank_that_loses_the_checkpoint_folder_race_still_starts(tmp_path, monkeypatch):
     write_benchmark_dataset(tmp_path)
-    config = Config(model=MISSRec, dataset="toy", config_file_list=default_config_files("MISSRec", "toy"),
-                    config_dict=tiny_run_config(tmp_path))
+    config = PluginConfig(model=MISSRec, dataset="toy", config_dict=tiny_run_config(tmp_path))
     train_data, _, _ = data_preparation(config, create_dataset(config))
     model = MISSRec(config, train_data._dataset)
     monkeypatch.setattr(recbole.utils.utils, "os", LosingTheFolderRace)
-    MISSRecTrainer(config, model)
+    PluginTrainer(config, model)
     assert os.path.isdir(config["checkpoint_dir"])

@@ -3,8 +3,8 @@ import itertools
 import pytest
 import torch
 
-from recbole_missrec.model import interest
-from recbole_missrec.model.interest import assign, dpc_knn, kmeans, num_interests, unique_per_row
+from recbole_missrec.model.missrec import interest
+from recbole_missrec.model.missrec.interest import assign, dpc_knn, kmeans, num_interests, unique_per_row
 
 
 def blobs(n_per=6, k=3, dim=5, spread=0.05, seed=0):

@@ -2,26 +2,24 @@
 import json
 import os
 
-from recbole.config import Config
-
-from recbole_missrec.data import MISSRecDataset
-from recbole_missrec.data.ml100k import cache_dir, ensure_text_features, movie_texts
-from recbole_missrec.model import MISSRec
-from recbole_missrec.quick_start import default_config_files
+from recbole_missrec.config import PluginConfig
+from recbole_missrec.data import MultiModalDataset
+from recbole_missrec.data.ml100k import cache_dir, ensure_text_features, movie_texts, prepare
 
 pytest_plugins = ["preprocess_fixtures"]  # tiny_bert
 
 
 def ml100k_dataset(encoder, plm_size):
-    config = Config(
-        model=MISSRec, dataset="ml-100k", config_file_list=default_config_files("MISSRec", "ml-100k"),
+    config = PluginConfig(
+        model="MISSRec", dataset="ml-100k",
         config_dict={"text_encoder": encoder, "plm_size": plm_size, "state": "WARNING"},
     )
-    return MISSRecDataset(config)
+    prepare(config)  # the quick start's step before loading the dataset
+    return MultiModalDataset(config)
 
 
 def test_movie_texts_come_from_the_bundled_item_file():
-    config = Config(model=MISSRec, dataset="ml-100k", config_file_list=default_config_files("MISSRec", "ml-100k"))
+    config = PluginConfig(model="MISSRec", dataset="ml-100k")
     texts = movie_texts(os.path.join(config["data_path"], "ml-100k.item"))
     assert len(texts) == 1683 and texts[0] == ""
     assert texts[1] == "Toy Story. Animation Children's Comedy. 1995"
@@ -29,14 +27,14 @@ def test_movie_texts_come_from_the_bundled_item_file():
 
 def test_ml100k_dataset_reads_the_cached_title_features(tiny_bert):
     dataset = ml100k_dataset(tiny_bert, 32)
-    table = dataset.modal_features["text"]
-    assert table.shape == (dataset.item_num, 32)
-    assert not dataset.modal_missing[1:].any()  # every movie has a title
+    store = dataset.item_features["text"]
+    assert store.table.shape == (dataset.item_num, 1, 32)
+    assert store.present[1:].all()  # every movie has a title
     assert os.path.getsize(os.path.join(cache_dir(), "ml-100k.feat1CLS")) == 1683 * 32 * 4
 
 
 def test_features_are_cached_and_rebuilt_for_another_encoder(tiny_bert, tmp_path):
-    data_path = Config(model=MISSRec, dataset="ml-100k", config_file_list=default_config_files("MISSRec", "ml-100k"))["data_path"]
+    data_path = PluginConfig(model="MISSRec", dataset="ml-100k")["data_path"]
     path = os.path.join(ensure_text_features(data_path, "feat1CLS", tiny_bert), "ml-100k.feat1CLS")
     stamp = os.path.getmtime(path)
     ensure_text_features(data_path, "feat1CLS", tiny_bert)

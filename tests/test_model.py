@@ -3,8 +3,9 @@ import torch
 
 from conftest import fake_dataset, model_config
 from recbole_missrec.model import MISSRec
-from recbole_missrec.model.fusion import fuse_modalities, mix_id_score
-from recbole_missrec.model.losses import diversity_penalty, full_softmax_ce
+from recbole_missrec.model.layers import full_softmax_ce
+from recbole_missrec.model.missrec.fusion import fuse_modalities, mix_id_score
+from recbole_missrec.model.missrec.losses import diversity_penalty
 
 
 def build(seed=0, **overrides):

@@ -8,9 +8,9 @@ import torch
 import yaml
 
 from conftest import ROOT, fake_dataset, model_config, tiny_pretrain_config, write_pretrain_dataset
-from recbole_missrec.data.transform import VIEW_SEQ, VIEW_SEQ_LEN, VIEW_WORD_DROP, item_drop, pretrain_view
 from recbole_missrec.model import MISSRec
-from recbole_missrec.model.losses import in_batch_ce, mask_false_negatives
+from recbole_missrec.model.layers import item_drop
+from recbole_missrec.model.missrec.views import VIEW_SEQ, VIEW_SEQ_LEN, VIEW_WORD_DROP, pretrain_view
 from recbole_missrec.quick_start import run_recbole_missrec
 from recbole_missrec.trainer import latest_checkpoint, load_state
 
@@ -20,9 +20,7 @@ LEN = torch.tensor([4, 6, 1])
 
 def pretrain_model(dims=(10, 6), **overrides):
     torch.manual_seed(0)
-    dataset = fake_dataset(n_items=12, dims=dims)
-    dataset.augmented_text = dataset.modal_features["text"] + 0.5
-    dataset.augmented_text[0] = 0
+    dataset = fake_dataset(n_items=12, dims=dims, augmented=True)
     settings = {"train_stage": "pretrain", "gather_negatives": True, "mask_false_negatives": False,
                 "MAX_ITEM_LIST_LENGTH": 6, "lambda": 0.5}
     config = model_config(**{**settings, **overrides})
@@ -39,12 +37,10 @@ def pretrain_batch(target=(5, 11, 2)):
     }
 
 
-def test_item_drop_keeps_the_chosen_items_in_order():
-    keep = torch.tensor([[True, False, True, False, True, True]])
-    seq, length = item_drop(torch.tensor([[1, 2, 3, 4, 0, 0]]), torch.tensor([4]), keep)
-    assert seq.tolist() == [[1, 3, 0, 0, 0, 0]] and length.tolist() == [2]  # reference kept [2, 4] (§9 #9)
-    seq, length = item_drop(torch.tensor([[1, 2, 3, 4, 0, 0]]), torch.tensor([4]), ~keep)
-    assert seq.tolist() == [[1, 2, 4, 0, 0, 0]] and length.tolist() == [3]  # the first item always survives
+def test_item_drop_views_always_keep_the_first_item():
+    seq = torch.tensor([[1, 2, 3, 4, 0, 0]] * 64)
+    view_seq, view_len, _ = pretrain_view(seq, torch.tensor([4] * 64), 0.9, 1.0, torch.Generator().manual_seed(0))
+    assert (view_seq[:, 0] == 1).all() and (view_len < 4).any()
 
 
 def test_views_are_chosen_per_sequence_and_touch_only_real_positions():
@@ -89,7 +85,7 @@ def test_item_dropped_view_reads_every_modality_of_the_surviving_items():
 
 def test_pretrain_loss_has_three_weighted_terms_and_trains_the_network():
     model = pretrain_model().train()
-    seq_item, seq_seq, penalty = model.calculate_loss(pretrain_batch())
+    seq_item, seq_seq, penalty = model.calculate_loss(pretrain_batch()).values()
     assert all(torch.isfinite(term) for term in (seq_item, seq_seq, penalty))
     assert seq_seq.item() > 0 and penalty.item() > 0
     (seq_item + seq_seq + penalty).backward()
@@ -101,7 +97,7 @@ def test_pretrain_loss_has_three_weighted_terms_and_trains_the_network():
 def test_text_only_pretraining():
     model = pretrain_model(dims=(10,))
     assert model.fusion_factor is None and model.item_embedding is None
-    assert all(torch.isfinite(term) for term in model.calculate_loss(pretrain_batch()))
+    assert all(torch.isfinite(term) for term in model.calculate_loss(pretrain_batch()).values())
 
 
 def test_pretraining_needs_the_word_dropped_text_table():
@@ -109,17 +105,12 @@ def test_pretraining_needs_the_word_dropped_text_table():
         MISSRec(model_config(train_stage="pretrain"), fake_dataset())
 
 
-def test_in_batch_contrast_and_false_negative_masking():
-    logits = torch.randn(3, 5)
-    assert torch.allclose(in_batch_ce(logits, first=2), torch.nn.functional.cross_entropy(logits, torch.tensor([2, 3, 4])))
-    masked = mask_false_negatives(logits, torch.tensor([7, 8, 7]), torch.tensor([1, 7, 8, 9, 7]), first=2)
-    assert torch.isinf(masked[0, 4]) and torch.isinf(masked[2, 1]) and torch.isinf(masked[0, 1])
-    assert masked[0, 2] == logits[0, 2] and masked[2, 4] == logits[2, 4]  # own positives stay
+def test_false_negative_masking_lowers_the_seq_item_loss():
     model = pretrain_model(mask_false_negatives=True)
     model.eval()
-    masked_loss = model.calculate_loss(pretrain_batch(target=(5, 5, 2)))[0]
-    model.mask_false_negatives = False
-    assert masked_loss < model.calculate_loss(pretrain_batch(target=(5, 5, 2)))[0]
+    masked_loss = model.calculate_loss(pretrain_batch(target=(5, 5, 2)))["seq_item"]
+    model.duplicates = "none"
+    assert masked_loss < model.calculate_loss(pretrain_batch(target=(5, 5, 2)))["seq_item"]
 
 
 def test_pretraining_end_to_end_writes_periodic_weights_only_checkpoints(tmp_path):
@@ -146,21 +137,21 @@ def test_latest_checkpoint_orders_epochs_numerically(tmp_path):
 
 KILL_DRIVER = """
 import os, signal, sys
-from recbole_missrec.trainer import MISSRecPretrainTrainer
+from recbole_missrec.trainer import PretrainTrainer
 
-prepare = MISSRecPretrainTrainer._prepare_batch
+prepare = PretrainTrainer._prepare_batch
 steps = {}
 
 
 def dying(self, interaction):
-    epoch = self.augment.epoch
+    epoch = self._epoch
     steps[epoch] = steps.get(epoch, 0) + 1
     if epoch == int(os.environ["KILL_EPOCH"]) and steps[epoch] == 2:
         os.kill(os.getpid(), signal.SIGKILL)  # a hard crash in the middle of an epoch
     return prepare(self, interaction)
 
 
-MISSRecPretrainTrainer._prepare_batch = dying
+PretrainTrainer._prepare_batch = dying
 sys.path.insert(0, sys.argv.pop(1))
 import run_recbole_missrec
 run_recbole_missrec.main()

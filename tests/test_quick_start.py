@@ -2,15 +2,15 @@ import os
 
 import pytest
 import torch
-from recbole.config import Config
 from recbole.data import data_preparation
 from recbole.utils import init_seed
 
 from conftest import SHARED_DATA, tiny_run_config, write_benchmark_dataset
 from recbole_missrec.data.feature_file import FeatureFileError
 from recbole_missrec.model import MISSRec
-from recbole_missrec.quick_start import default_config_files, run_recbole_missrec
-from recbole_missrec.trainer import MISSRecTrainer, load_state
+from recbole_missrec.config import PluginConfig
+from recbole_missrec.quick_start import run_recbole_missrec
+from recbole_missrec.trainer import PluginTrainer, load_state
 from recbole_missrec.utils import create_dataset, get_trainer
 
 METRICS = ("hit@5", "hit@10", "ndcg@5", "ndcg@10")
@@ -50,17 +50,16 @@ def test_recbole_baseline_through_the_same_entry_point(tmp_path):
     result = run_recbole_missrec("SASRec", "toy", config_dict=config)
     check_result(result, epochs=1)
     assert load_state(result["checkpoint"])["model"] == "SASRec"  # weights-only checkpoint
-    assert get_trainer(None, "MISSRec") is MISSRecTrainer
+    assert get_trainer(None, "MISSRec", "inductive_ft") is PluginTrainer
 
 
 def test_checkpoint_round_trip_gives_identical_scores(tmp_path):
     write_benchmark_dataset(tmp_path)
-    files = default_config_files("MISSRec", "toy")
-    config = Config(model=MISSRec, dataset="toy", config_file_list=files, config_dict=tiny_run_config(tmp_path, topk=[5, 10]))
+    config = PluginConfig(model=MISSRec, dataset="toy", config_dict=tiny_run_config(tmp_path, topk=[5, 10]))
     init_seed(config["seed"], config["reproducibility"])
     train_data, valid_data, test_data = data_preparation(config, create_dataset(config))
     model = MISSRec(config, train_data._dataset)
-    trainer = MISSRecTrainer(config, model)
+    trainer = PluginTrainer(config, model)
     trainer.fit(train_data, valid_data, saved=True)
     result = trainer.evaluate(test_data, load_best_model=True)
 
@@ -69,7 +68,7 @@ def test_checkpoint_round_trip_gives_identical_scores(tmp_path):
     batch = next(iter(test_data))[0]
     with torch.no_grad():
         assert torch.equal(model.eval().full_sort_predict(batch), fresh.eval().full_sort_predict(batch))
-    assert MISSRecTrainer(config, fresh).evaluate(test_data, load_best_model=False) == result
+    assert PluginTrainer(config, fresh).evaluate(test_data, load_best_model=False) == result
 
 
 def test_missing_feature_file_names_the_file(tmp_path):

@@ -81,9 +81,10 @@ def test_peft_parameter_counts_match_the_reference():
 
 def test_inductive_model_scores_an_unseen_item_by_its_features():
     dataset = fake_dataset()
-    for table in dataset.modal_features.values():
-        table[11] = table[4]  # item 11: a "new" item that looks exactly like item 4
-    dataset.modal_missing[11] = dataset.modal_missing[4]
+    for store in dataset.item_features.values():  # item 11: a "new" item that looks exactly like item 4
+        store.table[11] = store.table[4]
+        store.slot_mask[11] = store.slot_mask[4]
+        store.present[11] = store.present[4]
     torch.manual_seed(0)
     model = MISSRec(model_config(train_stage="inductive_ft"), dataset)
     model.discover_interests(torch.Generator().manual_seed(0))

@@ -1,3 +1,4 @@
-from recbole_missrec.data.dataset import MISSRecDataset
+from recbole_missrec.data.dataset import MultiModalDataset
+from recbole_missrec.data.feature_store import FeatureStore
 
-__all__ = ["MISSRecDataset"]
+__all__ = ["FeatureStore", "MultiModalDataset"]

@@ -1,8 +1,9 @@
 """Text features for RecBole's bundled ml-100k, the plugin's offline default dataset.
 
-ml-100k ships with RecBole (movie titles, genres, years) but has no feature files, so the first run
-encodes one text per movie with a local sentence encoder and caches the table; the image modality is
-absent. Later runs reuse the cache unless the encoder changes.
+ml-100k ships with RecBole (movie titles, genres, years) but has no feature files, so a preparation step
+of the quick start (:func:`prepare`, before the dataset is loaded) encodes one text per movie with a local
+sentence encoder and caches the table; the image modality is absent. Later runs reuse the cache unless
+the encoder changes.
 """
 import json
 import os
@@ -47,3 +48,12 @@ def ensure_text_features(data_path, suffix, encoder=None, batch_size=128):
     write_feature_file(path, np.asarray(table, dtype=np.float32))
     atomic_write_json(stamp, {"encoder": encoder, "items": len(texts), "dim": int(table.shape[1])})
     return folder
+
+
+def prepare(config):
+    """Point ``feature_path`` at the cached ml-100k text features, building them first if needed; a no-op
+    for other datasets or when the user set ``feature_path``."""
+    if config["dataset"] != "ml-100k" or config["feature_path"]:
+        return
+    suffix = config["text_suffix"] or config["plm_suffix"]
+    config["feature_path"] = ensure_text_features(config["data_path"], suffix, config["text_encoder"])

@@ -6,8 +6,11 @@ scored by a user-adaptive fusion of per-modality cosines (``fusion.py``).
 
 One class serves every stage (the reference wrote the forward twice): ``pretrain`` adds the contrastive
 losses of spec §5.2 on top of the same ``encode()``, fed an augmented view that is only ids and word-drop
-flags (``data/transform.py``); ``inductive_ft``/``transductive_ft`` fine-tune with full-softmax
-cross-entropy, optionally from a pre-trained state dict (``load_pretrained``, ``freeze_backbone``).
+flags (``views.py``); ``inductive_ft``/``transductive_ft`` fine-tune with full-softmax cross-entropy,
+optionally from a pre-trained state dict (``load_pretrained``, ``freeze_backbone``).
+
+Hooks the plugin's trainers call: ``on_epoch_start`` (interest discovery), ``prepare_batch`` (pre-training
+views) and ``gather_rows`` (in-batch negatives from every data-parallel rank, set by the trainer).
 """
 import math
 
@@ -16,15 +19,13 @@ import torch.nn.functional as F
 from recbole.model.abstract_recommender import SequentialRecommender
 from torch import nn
 
-from recbole_missrec import distributed
-from recbole_missrec.data.transform import VIEW_SEQ, VIEW_SEQ_LEN, VIEW_WORD_DROP
-from recbole_missrec.model.fusion import fuse_modalities, mix_id_score
-from recbole_missrec.model.interest import dpc_knn, kmeans, num_interests, unique_per_row
-from recbole_missrec.model.losses import (
-    diversity_penalty, full_softmax_ce, in_batch_ce, mask_false_negatives,
-)
+from recbole_missrec.data.dataset import AUGMENTED_TEXT
+from recbole_missrec.model.layers import duplicate_mask, full_softmax_ce, in_batch_infonce, modality_presence
+from recbole_missrec.model.missrec.fusion import fuse_modalities, mix_id_score
+from recbole_missrec.model.missrec.interest import dpc_knn, kmeans, num_interests, unique_per_row
+from recbole_missrec.model.missrec.losses import diversity_penalty
+from recbole_missrec.model.missrec.views import VIEW_SEQ, VIEW_SEQ_LEN, VIEW_WORD_DROP, add_views
 
-TRAIN_STAGES = ("pretrain", "inductive_ft", "transductive_ft")
 # Weights that belong to one item set: re-discovered (interests) or re-learned (IDs) on a new domain.
 DOMAIN_SPECIFIC = ("interest_centroids", "interest_lookup", "interests_ready", "item_embedding.weight")
 SEQ_FUSIONS = {"add": "add", "contextual": "contextual", "stack": "contextual"}
@@ -38,10 +39,17 @@ def _choice(config, key, allowed):
     return value
 
 
+def local_rows(x):
+    """In-batch candidates of this process only: (rows, index of this process's first row)."""
+    return x, 0
+
+
 class MISSRec(SequentialRecommender):
+    STAGES = {"pretrain": "pretrain", "inductive_ft": "finetune", "transductive_ft": "finetune"}
+
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
-        self.train_stage = _choice(config, "train_stage", TRAIN_STAGES)
+        self.train_stage = _choice(config, "train_stage", self.STAGES)
         self.hidden_size = config["hidden_size"]
         self.n_layers = config["n_layers"]
         self.n_heads = config["n_heads"]
@@ -62,17 +70,19 @@ class MISSRec(SequentialRecommender):
         self.dpc_knn_ratio = config["dpc_knn_ratio"]
         self.dpc_max_tokens = config["dpc_max_tokens"]
 
-        self.modalities = list(dataset.modal_features)
-        for modality, table in dataset.modal_features.items():
-            self.register_buffer(f"{modality}_features", table, persistent=False)
-        self.register_buffer("item_present", self._presence(dataset.modal_missing), persistent=False)
+        self.gather_rows = local_rows
+
+        stores = {name: store for name, store in dataset.item_features.items() if name != AUGMENTED_TEXT}
+        self.modalities = list(stores)
+        for modality, store in stores.items():
+            self.register_buffer(f"{modality}_features", store.pooled(), persistent=False)  # [N, D]
+        missing = torch.stack([~store.present for store in stores.values()], dim=1)  # [N, M]
+        self.register_buffer("item_present", modality_presence(missing, self.mask_missing_modality), persistent=False)
         if self.train_stage == "pretrain":
             self._init_pretrain(config, dataset)
 
         d = self.hidden_size
-        self.adapters = nn.ModuleDict(
-            {m: nn.Linear(table.shape[1], d) for m, table in dataset.modal_features.items()}
-        )
+        self.adapters = nn.ModuleDict({m: nn.Linear(store.dim, d) for m, store in stores.items()})
         self.position_embedding = nn.Embedding(self.max_seq_length, d)
         self.item_embedding = (
             nn.Embedding(self.n_items, d, padding_idx=0) if self.train_stage == "transductive_ft" else None
@@ -106,24 +116,18 @@ class MISSRec(SequentialRecommender):
 
     def _init_pretrain(self, config, dataset):
         """Pre-training reads the word-dropped text table for word-drop views and the contrastive weights."""
-        augmented = getattr(dataset, "augmented_text", None)
+        augmented = dataset.item_features.get(AUGMENTED_TEXT)
         if "text" not in self.modalities or augmented is None:
             raise ValueError(
                 "train_stage=pretrain needs the text modality and its word-dropped table (`plm_suffix_aug`, "
-                "loaded by MISSRecPretrainDataset): word drop switches items to that table."
+                "set by MISSRec.pretrain.yaml): word drop switches items to that table."
             )
-        self.register_buffer("text_aug_features", augmented, persistent=False)
+        self.register_buffer("text_aug_features", augmented.pooled(), persistent=False)
         self.seq_seq_weight = config["lambda"]
         self.gather_negatives = config["gather_negatives"]
-        self.mask_false_negatives = config["mask_false_negatives"]
-
-    def _presence(self, missing):
-        """[n_items, M] bool: which modality tokens are real. Without masking every token counts (the
-        reference: a zero row becomes the adapter bias). An item with no modality keeps all of them, so
-        every item has at least one token and nothing is ever fully masked."""
-        present = ~missing if self.mask_missing_modality else torch.ones_like(missing)
-        present[~present.any(dim=1)] = True
-        return present
+        self.duplicates = "exclude" if config["mask_false_negatives"] else "none"
+        self.item_drop_ratio = config["item_drop_ratio"]
+        self.item_drop_prob = config["item_drop_coefficient"]
 
     def _init_weights(self, module):
         """N(0, 0.02) for linear maps and embeddings, as the reference; attention in-projections keep
@@ -148,6 +152,19 @@ class MISSRec(SequentialRecommender):
                 features = torch.where(word_drop.unsqueeze(-1), self.text_aug_features[item_ids], features)
             tokens.append(self.adapters[m](features))
         return torch.stack(tokens, dim=-2)
+
+    # ---- trainer hooks ---------------------------------------------------------------------------
+    def on_epoch_start(self, epoch, generator):
+        """Interest discovery at the start of every training epoch (seeded by the trainer per epoch)."""
+        used = self.discover_interests(generator)
+        return f"epoch {epoch} interest discovery: {used} of {self.n_interests} interests used"
+
+    def prepare_batch(self, interaction, generator):
+        """Pre-training: the augmented view of every sequence (``views.py``), drawn from ``generator``."""
+        if self.train_stage != "pretrain":
+            return interaction
+        return add_views(interaction, self.ITEM_SEQ, self.ITEM_SEQ_LEN, self.item_drop_ratio, self.item_drop_prob,
+                         generator)
 
     # ---- interests -------------------------------------------------------------------------------
     @torch.no_grad()
@@ -179,7 +196,7 @@ class MISSRec(SequentialRecommender):
         valid [B, Q] (False = padding)."""
         if not bool(self.interests_ready):
             raise RuntimeError(
-                "MISSRec has no interests yet: run model.discover_interests() (MISSRecTrainer does it at "
+                "MISSRec has no interests yet: run model.discover_interests() (the plugin's trainers do it at "
                 "the start of every epoch) or load a checkpoint saved after training."
             )
         interest_ids = unique_per_row(self.interest_lookup[item_seq].flatten(1))  # [B, Q]
@@ -266,12 +283,13 @@ class MISSRec(SequentialRecommender):
         return loss + self.gamma * diversity_penalty(memory, valid, reference=self.reference_penalty)
 
     def _gather(self, x):
-        """Rows of every DDP rank when in-batch negatives are gathered (and this rank's offset), else (x, 0)."""
-        return distributed.gather_rows(x) if self.gather_negatives else (x, 0)
+        """Rows of every data-parallel rank when in-batch negatives are gathered (and this rank's offset),
+        else (x, 0)."""
+        return self.gather_rows(x) if self.gather_negatives else (x, 0)
 
     def _pretrain_loss(self, interaction):
         """Seq->item contrast with dynamic fusion, seq->seq contrast between the two views, diversity penalty
-        on both (spec §5.2). Returns the three weighted terms; their sum is the loss."""
+        on both (spec §5.2). Returns the three weighted terms by name; their sum is the loss."""
         target = interaction[self.POS_ITEM_ID]
         seq_output, memory, valid = self.encode(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
         view_output, view_memory, view_valid = self.encode(
@@ -280,14 +298,17 @@ class MISSRec(SequentialRecommender):
         candidates, first = self._gather(self.candidate_tokens(target))  # [C, M, d]
         present, _ = self._gather(self.item_present[target])  # [C, M]
         logits = self.modal_score(seq_output, candidates, present) / self.temperature  # [B, C]
-        if self.mask_false_negatives:
-            logits = mask_false_negatives(logits, target, self._gather(target)[0], first)
+        duplicates = duplicate_mask(target, self._gather(target)[0], first) if self.duplicates != "none" else None
         views, _ = self._gather(view_output)  # [C, d]
-        seq_seq = in_batch_ce(seq_output @ views.T / self.temperature, first)
+        seq_seq = in_batch_infonce(seq_output @ views.T / self.temperature, first)
         penalty = diversity_penalty(memory, valid, reference=self.reference_penalty) + diversity_penalty(
             view_memory, view_valid, reference=self.reference_penalty
         )
-        return in_batch_ce(logits, first), self.seq_seq_weight * seq_seq, self.gamma * penalty
+        return {
+            "seq_item": in_batch_infonce(logits, first, duplicates, self.duplicates),
+            "seq_seq": self.seq_seq_weight * seq_seq,
+            "penalty": self.gamma * penalty,
+        }
 
     def predict(self, interaction):
         seq_output = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])

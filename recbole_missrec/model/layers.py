@@ -1,0 +1,134 @@
+"""Layers and losses shared by the plugin's model families; each idea lives here once.
+
+- ``full_softmax_ce``: fine-tuning cross-entropy over the real items (the padding item is never a class).
+- ``in_batch_infonce`` and ``duplicate_mask``: contrast against in-batch candidates, with the three ways
+  the references treat a "negative" that is in fact the row's own target item.
+- ``item_drop``: the pre-training augmentation of both references, as intended (``delete``) or as the
+  reference code's scatter actually behaved (``reference``).
+- ``modality_presence``: which item-modality tokens are real when a modality is missing.
+- ``MoEAdaptor``: the mixture-of-experts feature adaptor of UniSRec and MSM4SR.
+"""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+DUPLICATE_MODES = ("none", "zero_logit", "exclude")
+ITEM_DROP_MODES = ("delete", "reference")
+
+
+def full_softmax_ce(logits, target):
+    """Cross-entropy over the real items only: column 0 is the padding item and never a class.
+
+    logits: [B, N] over all item ids, target: [B] in 1..N-1.
+    """
+    return F.cross_entropy(logits[:, 1:], target - 1)
+
+
+def duplicate_mask(targets, candidate_targets, first=0):
+    """[B, C] bool: column c is another in-batch candidate with row b's own target item (a false negative).
+
+    targets: [B] item ids of this rank's rows; candidate_targets: [C] item id of each column; row b's own
+    positive is column ``first + b`` and is never marked.
+    """
+    same = targets.unsqueeze(1) == candidate_targets.unsqueeze(0)
+    rows = torch.arange(targets.shape[0], device=targets.device)
+    same[rows, rows + first] = False
+    return same
+
+
+def apply_duplicates(logits, duplicates, mode):
+    """Treat the marked false negatives of ``logits`` [B, C] as ``mode`` says: ``none`` keeps them as
+    negatives, ``zero_logit`` sets their logit to 0 (each adds exactly 1 to the denominator: UniSRec's and
+    MSM4SR's reference code), ``exclude`` removes them."""
+    if mode == "none" or duplicates is None:
+        return logits
+    if mode == "zero_logit":
+        return logits.masked_fill(duplicates, 0.0)
+    if mode == "exclude":
+        return logits.masked_fill(duplicates, float("-inf"))
+    raise ValueError(f"duplicate mode {mode!r} is not supported; use one of {DUPLICATE_MODES}")
+
+
+def in_batch_infonce(logits, first=0, duplicates=None, mode="none"):
+    """InfoNCE with in-batch negatives: row i's positive is column ``first + i``.
+
+    logits: [B, C] (already divided by the temperature); the columns are the candidates of the whole,
+    possibly gathered, batch and ``first`` is where this rank's rows start among them. ``duplicates``:
+    :func:`duplicate_mask`, handled per ``mode`` (see :func:`apply_duplicates`).
+    """
+    labels = torch.arange(logits.shape[0], device=logits.device) + first
+    return F.cross_entropy(apply_duplicates(logits, duplicates, mode), labels)
+
+
+def compact(item_seq, survive):
+    """The items where ``survive`` [B, L] is True, in their order, left-aligned and right-padded with 0.
+    Returns (ids [B, L], lengths [B])."""
+    order = torch.argsort((~survive).to(torch.int8), dim=1, stable=True)  # survivors first, in order
+    return torch.gather(item_seq * survive, 1, order), survive.sum(dim=1)
+
+
+def item_drop(item_seq, item_seq_len, keep, mode="delete"):
+    """Drop the real items of ``item_seq`` [B, L] (right-padded) where ``keep`` [B, L] is False.
+
+    ``delete``: the kept items survive, in order; a row that keeps nothing keeps its most recent item.
+    ``reference``: the scatter of UniSRec's and MSM4SR's code (position j writes to slot cumsum(keep)-1,
+    the later write wins, position 0 forced kept): the items whose *next* position is kept survive, plus
+    the last real item. Returns (ids [B, L], lengths [B]).
+    """
+    positions = torch.arange(item_seq.shape[1], device=item_seq.device)
+    real = positions < item_seq_len.unsqueeze(1)  # [B, L]
+    if mode == "reference":
+        keep = keep | ~real
+        keep[:, 0] = True
+        after = torch.cat([keep[:, 1:], torch.ones_like(keep[:, :1])], dim=1)
+        return compact(item_seq, after & real)
+    if mode != "delete":
+        raise ValueError(f"item drop mode {mode!r} is not supported; use one of {ITEM_DROP_MODES}")
+    survive = keep & real
+    empty = ~survive.any(dim=1)
+    survive[empty, (item_seq_len[empty] - 1).clamp_min(0)] = True
+    return compact(item_seq, survive)
+
+
+def modality_presence(missing, mask_missing=True):
+    """[N, M] bool: which item-modality tokens count. ``missing`` [N, M] marks absent modalities; without
+    masking every token counts (the references: a missing feature is a zero vector). An item with no
+    modality keeps all of them, so every item has at least one token and nothing is fully masked."""
+    present = ~missing if mask_missing else torch.ones_like(missing)
+    present[~present.any(dim=1)] = True
+    return present
+
+
+class MoEAdaptor(nn.Module):
+    """Mixture of ``n_exps`` experts mapping item features [..., D] to [..., d], with dense softmax gates
+    ``softmax(x W_g)`` (W_g starts at 0: uniform gates).
+
+    expert ``linear_ln`` (MSM4SR): Linear -> Dropout -> LayerNorm. ``whitening`` (UniSRec's parametric
+    whitening): (x - b) -> Dropout -> Linear without bias.
+    """
+
+    def __init__(self, n_exps, in_dim, out_dim, dropout=0.2, expert="linear_ln", layer_norm_eps=1e-12):
+        super().__init__()
+        if expert not in ("linear_ln", "whitening"):
+            raise ValueError(f"MoE expert {expert!r} is not supported; use linear_ln or whitening")
+        self.expert = expert
+        self.gate = nn.Parameter(torch.zeros(in_dim, n_exps))
+        self.dropout = nn.Dropout(dropout)
+        if expert == "linear_ln":
+            self.experts = nn.ModuleList(nn.Linear(in_dim, out_dim) for _ in range(n_exps))
+            self.norms = nn.ModuleList(nn.LayerNorm(out_dim, eps=layer_norm_eps) for _ in range(n_exps))
+            for linear in self.experts:
+                nn.init.normal_(linear.weight, std=0.02)
+        else:
+            self.bias = nn.Parameter(torch.zeros(n_exps, in_dim))
+            self.experts = nn.ModuleList(nn.Linear(in_dim, out_dim, bias=False) for _ in range(n_exps))
+            for linear in self.experts:
+                nn.init.normal_(linear.weight, std=0.02)
+
+    def forward(self, x):  # x: [..., D] -> [..., d]
+        gates = torch.softmax(x @ self.gate, dim=-1).unsqueeze(-2)  # [..., 1, E]
+        if self.expert == "linear_ln":
+            outputs = [norm(self.dropout(linear(x))) for linear, norm in zip(self.experts, self.norms)]
+        else:
+            outputs = [linear(self.dropout(x - bias)) for linear, bias in zip(self.experts, self.bias)]
+        return (gates @ torch.stack(outputs, dim=-2)).squeeze(-2)  # [..., 1, E] @ [..., E, d]

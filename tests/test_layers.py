@@ -1,0 +1,71 @@
+"""The layers and losses several model families share (model/layers.py)."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from recbole_missrec.model.layers import (
+    MoEAdaptor, duplicate_mask, full_softmax_ce, in_batch_infonce, item_drop, modality_presence,
+)
+
+
+def test_item_drop_delete_keeps_the_chosen_items_in_order():
+    seq, length = torch.tensor([[1, 2, 3, 4, 0, 0]]), torch.tensor([4])
+    out, out_len = item_drop(seq, length, torch.tensor([[True, False, True, False, True, True]]))
+    assert out.tolist() == [[1, 3, 0, 0, 0, 0]] and out_len.tolist() == [2]  # the reference kept [2, 4]
+    out, out_len = item_drop(seq, length, torch.zeros(1, 6, dtype=torch.bool))
+    assert out.tolist() == [[4, 0, 0, 0, 0, 0]] and out_len.tolist() == [1]  # all dropped: the most recent stays
+
+
+def test_item_drop_reference_reproduces_the_scatter_rule():
+    # msm4sr-reference.md §12 (d): the items whose next position is kept survive, plus the last real one
+    seq = torch.tensor([[11, 12, 13, 14, 0, 0], [21, 22, 23, 0, 0, 0]])
+    keep = torch.tensor([[True, False, True, True, False, False], [True, True, False, False, False, False]])
+    out, out_len = item_drop(seq, torch.tensor([4, 3]), keep, mode="reference")
+    assert out.tolist() == [[12, 13, 14, 0, 0, 0], [21, 23, 0, 0, 0, 0]] and out_len.tolist() == [3, 2]
+    with pytest.raises(ValueError, match="delete"):
+        item_drop(seq, torch.tensor([4, 3]), keep, mode="scatter")
+
+
+def test_infonce_duplicate_modes():
+    logits = torch.randn(3, 5)
+    plain = in_batch_infonce(logits, first=2)
+    assert torch.allclose(plain, F.cross_entropy(logits, torch.tensor([2, 3, 4])))
+    same = duplicate_mask(torch.tensor([7, 8, 7]), torch.tensor([1, 8, 7, 8, 7]), first=2)
+    assert same.tolist() == [[False, False, False, False, True], [False, True, False, False, False],
+                             [False, False, True, False, False]]  # own positives (2, 3, 4) are never marked
+    excluded = in_batch_infonce(logits, 2, same, "exclude")
+    zeroed = in_batch_infonce(logits, 2, same, "zero_logit")
+    expected = F.cross_entropy(logits.masked_fill(same, float("-inf")), torch.tensor([2, 3, 4]))
+    assert torch.allclose(excluded, expected)
+    assert torch.allclose(zeroed, F.cross_entropy(logits.masked_fill(same, 0.0), torch.tensor([2, 3, 4])))
+    assert torch.allclose(in_batch_infonce(logits, 2, same, "none"), plain)
+
+
+def test_infonce_with_one_row_is_zero():
+    assert in_batch_infonce(torch.tensor([[3.0]])).item() == pytest.approx(0.0)  # §12 (g): log 1
+
+
+def test_full_softmax_never_makes_padding_a_class():
+    logits = torch.tensor([[100.0, 1.0, 2.0]])
+    assert full_softmax_ce(logits, torch.tensor([2])).item() == pytest.approx(F.cross_entropy(logits[:, 1:], torch.tensor([1])).item())
+
+
+def test_modality_presence_keeps_at_least_one_token():
+    missing = torch.tensor([[False, True], [True, True], [False, False]])
+    assert modality_presence(missing).tolist() == [[True, False], [True, True], [True, True]]
+    assert modality_presence(missing, mask_missing=False).all()
+
+
+@pytest.mark.parametrize("expert", ["linear_ln", "whitening"])
+def test_moe_adaptor_starts_with_uniform_gates(expert):
+    torch.manual_seed(0)
+    moe = MoEAdaptor(8, 12, 4, dropout=0.0, expert=expert).eval()
+    x = torch.randn(5, 12)
+    experts = []
+    for k in range(8):
+        if expert == "linear_ln":
+            experts.append(moe.norms[k](moe.experts[k](x)))
+        else:
+            experts.append(moe.experts[k](x - moe.bias[k]))
+    assert torch.allclose(moe(x), torch.stack(experts).mean(0), atol=1e-6)
+    assert moe(torch.randn(2, 3, 12)).shape == (2, 3, 4)
