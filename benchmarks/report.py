@@ -4,12 +4,7 @@ import json
 import os
 from statistics import mean, stdev
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-from recbole_missrec.atomic import atomic_open, atomic_write_json  # noqa: E402
+from recbole_missrec.atomic import atomic_open, atomic_write_json
 
 METRIC_COLUMNS = [("hit@10", "HIT@10"), ("ndcg@10", "NDCG@10"), ("hit@50", "HIT@50"), ("ndcg@50", "NDCG@50")]
 FIGURE_COLUMNS = [
@@ -97,7 +92,22 @@ def mean_curve(group):
     return epochs, [mean(scores[epoch]) for epoch in epochs]
 
 
+def pyplot():
+    """matplotlib, imported when a plot is drawn, so that the harness (and its --help) runs without it."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise SystemExit("plots need matplotlib: pip install 'recbole-missrec[bench]' (or rerun with --no-plot)") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def plot(runs, order, path, title):
+    plt = pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     groups = by_variant(runs, order)
     figure, (bars, curves) = plt.subplots(1, 2, figsize=(13, 4.8))
     names = [name for name, _ in groups]
@@ -119,13 +129,13 @@ def plot(runs, order, path, title):
     plt.close(figure)
 
 
-def write_reports(out_dir, dataset, order):
-    """Assemble results.json, table.md and benchmark.png from runs/*.json. Returns the table."""
+def write_reports(out_dir, dataset, order, draw=True):
+    """Assemble results.json, table.md and (``draw``) benchmark.png from runs/*.json. Returns the table."""
     runs = load_runs(out_dir)
     atomic_write_json(os.path.join(out_dir, "results.json"), {"dataset": dataset, "runs": runs}, indent=1)
     table = markdown_table(runs, order)
     with atomic_open(os.path.join(out_dir, "table.md"), "w") as handle:
         handle.write(f"# {dataset}\n\n" + table)
-    if any(run["status"] == "ok" for run in runs):
+    if draw and any(run["status"] == "ok" for run in runs):
         plot(runs, order, os.path.join(out_dir, "benchmark.png"), dataset)
     return table

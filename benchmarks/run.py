@@ -49,6 +49,7 @@ def parse_args(argv=None):
     parser.add_argument("--out", default=None, help="results folder (default benchmarks/results/<dataset>)")
     parser.add_argument("--work", default=None, help="logs, checkpoints, data copy (default benchmarks/work/<dataset>)")
     parser.add_argument("--report-only", action="store_true", help="only rebuild the reports from runs/")
+    parser.add_argument("--no-plot", action="store_true", help="no benchmark.png (no matplotlib needed)")
     return parser.parse_args(argv)
 
 
@@ -214,7 +215,7 @@ def main(argv=None):
         os.makedirs(sub, exist_ok=True)
     if not args.report_only:
         sweep(args, folder, name, out_dir, work_dir)
-    print(write_reports(out_dir, name, expand_variants(args.models, args.pretrained)))
+    print(write_reports(out_dir, name, expand_variants(args.models, args.pretrained), draw=not args.no_plot))
 
 
 if __name__ == "__main__":

@@ -13,13 +13,14 @@ import resource
 import sys
 from logging import getLogger
 
-from recbole.data import data_preparation
 from recbole.data.dataloader import TrainDataLoader
 from recbole.utils import init_logger, init_seed, set_color
 
 from recbole_missrec import distributed
 from recbole_missrec.config import PluginConfig
 from recbole_missrec.data import ml100k
+from recbole_missrec.data.dataloader import data_preparation, length_aware
+from recbole_missrec.data.layout import check_interaction_files
 from recbole_missrec.trainer import CheckpointError, HookedStepMixin, latest_checkpoint, load_state
 from recbole_missrec.utils import create_dataset, get_trainer, is_plugin_model, stage_kind
 
@@ -101,7 +102,8 @@ def pretrain_fixed_epochs(model_class, config, logger, resume=None, saved=True):
     logger.info(dataset)
     if dataset.pt_domains():
         logger.info(f"pre-training domains: {dataset.pt_domains()}")
-    train_data = TrainDataLoader(config, dataset.build()[0], None, shuffle=True)
+    train_data = length_aware(TrainDataLoader(config, dataset.build()[0], None, shuffle=True), config)
+    require_training_rows(train_data, config)
     net, trainable, total = build_model(model_class, config, train_data._dataset, logger)
     trainer = get_trainer(config["MODEL_TYPE"], config["model"], config["train_stage"])(config, net)
     if resume:
@@ -121,6 +123,7 @@ def train_and_evaluate(model_class, config, logger, pretrained=None, saved=True)
     data = create_dataset(config, model_class)
     logger.info(data)
     train_data, valid_data, test_data = data_preparation(config, data)
+    require_training_rows(train_data, config)
     net, trainable, total = build_model(model_class, config, train_data._dataset, logger)
     report = load_pretrained(net, pretrained, config["freeze_backbone"], logger) if pretrained else None
     if report is not None:
@@ -165,9 +168,23 @@ def prepare_run(model=None, dataset=None, config_file_list=None, config_dict=Non
     logger = _init_logging(config)
     logger.info(sys.argv)
     logger.info(config)
+    prepare_data(config, logger)
+    return config, logger
+
+
+def prepare_data(config, logger):
+    """Steps before RecBole reads the data: the interaction files checked (the benchmark layout detected),
+    and the embedded default's text features built for the plugin's models."""
+    check_interaction_files(config, logger)
     if is_plugin_model(config.model_class):
         ml100k.prepare(config)
-    return config, logger
+
+
+def require_training_rows(train_data, config):
+    if len(train_data.dataset) == 0:
+        raise ValueError(f"the training split of {config['dataset']} ({config['data_path']}) is empty after RecBole's "
+                         f"filtering and splitting: check the interaction files and filters (user_inter_num_interval, "
+                         f"item_inter_num_interval, eval_args)")
 
 
 def run_recbole_missrec(model=None, dataset=None, config_file_list=None, config_dict=None, saved=True,
@@ -221,8 +238,7 @@ def load_data_and_model(model_file, data_path=None, config_dict=None):
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     logger = getLogger()
-    if is_plugin_model(config.model_class):
-        ml100k.prepare(config)
+    prepare_data(config, logger)
     dataset = create_dataset(config, config.model_class)
     train_data, valid_data, test_data = data_preparation(config, dataset)
     init_seed(config["seed"], config["reproducibility"])

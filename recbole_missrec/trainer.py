@@ -31,6 +31,7 @@ from recbole.utils import set_color
 
 from recbole_missrec import distributed
 from recbole_missrec.atomic import atomic_open
+from recbole_missrec.utils import recbole_deprecations_silenced
 
 # Keys RecBole's Config derives itself; a stored config leaves them out so that it can be fed back in.
 DERIVED_CONFIG_KEYS = ("MODEL_TYPE", "MODEL_INPUT_TYPE", "eval_type", "device", "single_spec", "local_rank",
@@ -98,7 +99,8 @@ class SafeCheckpointMixin:
     def __init__(self, config, model):
         # RecBole's ensure_dir checks, then creates: DDP ranks starting together race on it and one fails.
         os.makedirs(config["checkpoint_dir"], exist_ok=True)
-        super().__init__(config, model)
+        with recbole_deprecations_silenced():
+            super().__init__(config, model)
 
     def _checkpoint_state(self, epoch):
         return {

@@ -7,11 +7,13 @@ are found by name in the family's package (``<Model>PretrainTrainer``, ``<Model>
 ``<Model>Dataset``) and default to the generic core's. RecBole's models (and a user's own model class
 without ``STAGES``) run with RecBole's own trainer and dataset classes.
 """
+import contextlib
 import difflib
 import importlib
 import importlib.util
 import inspect
 import os
+import warnings
 
 from recbole.data import create_dataset as recbole_create_dataset
 from recbole.model.abstract_recommender import AbstractRecommender
@@ -111,13 +113,24 @@ def get_trainer(model_type, model_name, train_stage=None):
     return PretrainTrainer if kind == "pretrain" else PluginTrainer
 
 
+@contextlib.contextmanager
+def recbole_deprecations_silenced():
+    """RecBole 1.2.1 calls APIs that pandas 2 and torch 2.4+ deprecate (chained ``fillna(inplace=True)``,
+    ``torch.cuda.amp.GradScaler``); the warnings are about RecBole's code, not the user's, so they are
+    silenced where RecBole runs them (dataset loading, trainer construction) and nowhere else."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"recbole\.")
+        yield
+
+
 def create_dataset(config, model_class=None):
     """The dataset of a run: a plugin model's family dataset or the core's multi-modal one; RecBole's
     dataset for its own models."""
     from recbole_missrec.data.dataset import MultiModalDataset
 
     model_class = model_class or plugin_models().get(config["model"])
-    if model_class is None or not is_plugin_model(model_class):
-        return recbole_create_dataset(config)
-    own = _by_name(model_class, "Dataset", stage_kind(model_class, config["train_stage"]))
-    return (own or MultiModalDataset)(config)
+    with recbole_deprecations_silenced():
+        if model_class is None or not is_plugin_model(model_class):
+            return recbole_create_dataset(config)
+        own = _by_name(model_class, "Dataset", stage_kind(model_class, config["train_stage"]))
+        return (own or MultiModalDataset)(config)

@@ -124,7 +124,7 @@ def tiny_run_config(root, **overrides):
         "load_col": {"inter": ["user_id", "item_id_list", "item_id"]},
         "plm_size": 16, "img_size": 12, "hidden_size": 32, "inner_size": 32, "n_heads": 2,
         "MAX_ITEM_LIST_LENGTH": 10, "epochs": 2, "train_batch_size": 64, "eval_batch_size": 64,
-        "seed": 7, "use_gpu": False, "state": "WARNING",
+        "seed": 7, "use_gpu": False, "state": "WARNING", "show_progress": False,
     }
     config.update(overrides)
     return config

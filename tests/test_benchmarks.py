@@ -120,3 +120,19 @@ def test_scaling_quick_writes_its_figures(tmp_path):
     assert all(row["ms_per_user"] > 0 and row["cpu_ms_per_user"] > 0 for row in figures["scoring"])
     assert {row["mode"] for row in figures["scoring"]} == {"inductive_ft", "transductive_ft"}
     assert "| tokens |" in (out / "scaling.md").read_text()
+
+
+def test_the_harness_runs_without_matplotlib(tmp_path, monkeypatch):
+    """--help and --no-plot need no matplotlib; a plot without it names the extra to install."""
+    blocker = tmp_path / "blocked" / "matplotlib"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ImportError('matplotlib is not installed')\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "blocked")}
+    done = subprocess.run([sys.executable, os.path.join(BENCHMARKS, "run.py"), "--help"], capture_output=True,
+                          text=True, env=env, timeout=120)
+    assert done.returncode == 0 and "--no-plot" in done.stdout, done.stderr[-2000:]
+    import report
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    with pytest.raises(SystemExit, match=r"recbole-missrec\[bench\]"):
+        report.pyplot()

@@ -2,6 +2,7 @@
 import glob
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -11,7 +12,7 @@ import torch
 from recbole.data import data_preparation
 
 from conftest import ROOT, tiny_pretrain_config, tiny_run_config, write_benchmark_dataset, write_pretrain_dataset
-from recbole_missrec import distributed
+from recbole_missrec import distributed, quick_start
 from recbole_missrec.model import MISSRec
 from recbole_missrec.config import PluginConfig
 from recbole_missrec.quick_start import run_recbole_missrec
@@ -74,6 +75,90 @@ def test_ddp_step_equals_single_process_step_on_the_global_batch(tmp_path):
         single, ddp = saved_weights(tmp_path / "single" / name), saved_weights(tmp_path / "ddp" / name)
         for key, value in single.items():
             assert torch.allclose(ddp[key].float(), value.float(), rtol=1e-4, atol=1e-5), (name, key)
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class EmulatedRanks:
+    """One process that trains as ``world`` data-parallel ranks would: each global batch is cut into the
+    ranks' shares and each share's loss is computed with that rank's dropout stream (rank 0 the run's,
+    rank r>0 seeded seed + r, as ``distributed.seed_rank`` does), weighted as ``distributed.shard`` weighs
+    it and averaged as DDP averages gradients."""
+
+    def __init__(self, seed, world):
+        self.world = world
+        self.states = [torch.get_rng_state()] + [torch.manual_seed(seed + r).get_state() for r in range(1, world)]
+        torch.set_rng_state(self.states[0])
+
+    def __call__(self, trainer, interaction):
+        interaction = trainer._prepare_batch(interaction)
+        n, total = len(interaction), 0.0
+        for r in range(self.world):
+            start, stop = n * r // self.world, n * (r + 1) // self.world
+            torch.set_rng_state(self.states[r])
+            loss = trainer.model.calculate_loss(interaction[start:stop])
+            self.states[r] = torch.get_rng_state()
+            total = total + self.world * (stop - start) / n * loss / self.world
+        return total
+
+
+def test_two_nodes_equal_one_process_over_several_adam_steps_with_dropout(tmp_path, monkeypatch):
+    """torchrun --nnodes 2 (one process each, gloo over localhost) against one process emulating both ranks."""
+    write_benchmark_dataset(tmp_path, n_users=60)
+    config = tiny_run_config(tmp_path, topk=[5, 10], train_stage="transductive_ft", epochs=2, train_batch_size=48,
+                             hidden_dropout_prob=0.2, length_buckets=2)
+    with open(tmp_path / "runs.json", "w") as handle:
+        json.dump([("toy", dict(config, checkpoint_dir=str(tmp_path / "nodes")))], handle)
+    (tmp_path / "driver.py").write_text(DRIVER)
+    env = {**os.environ, "PLUGIN_ROOT": ROOT, "DDP_RUNS": str(tmp_path / "runs.json"), "OMP_NUM_THREADS": "1"}
+    port = free_port()
+    nodes = []
+    for node in range(2):
+        workdir = tmp_path / f"node{node}"
+        workdir.mkdir()
+        command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(node),
+                   "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", str(port),
+                   str(tmp_path / "driver.py")]
+        nodes.append(subprocess.Popen(command, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      text=True))
+    outputs = [node.communicate(timeout=300)[0] for node in nodes]
+    assert all(node.returncode == 0 for node in nodes), "\n".join(output[-3000:] for output in outputs)
+
+    emulate = None
+
+    def emulated(trainer, interaction):
+        return emulate(trainer, interaction)
+
+    real_build = quick_start.build_model
+
+    def build_then_split_streams(*args, **kwargs):
+        nonlocal emulate
+        built = real_build(*args, **kwargs)
+        emulate = EmulatedRanks(config["seed"], 2)
+        return built
+
+    monkeypatch.setattr(quick_start, "build_model", build_then_split_streams)
+    monkeypatch.setattr(PluginTrainer, "_step_loss", emulated)
+    result = run_recbole_missrec("MISSRec", "toy", config_dict=dict(config, checkpoint_dir=str(tmp_path / "single")))
+    assert len(result["history"]) == 2 and len(train_batches(config)) > 2  # several Adam steps
+    single, ddp = saved_weights(tmp_path / "single"), saved_weights(tmp_path / "nodes")
+    for key, value in single.items():
+        other, value = ddp[key].float(), value.float()
+        if key.endswith("in_proj_bias"):  # [query | key | value] biases
+            # The key bias cannot change attention (softmax is shift-invariant per query), so its true
+            # gradient is 0 and Adam's normalisation turns rounding noise into steps: compare the others.
+            dim = value.shape[0] // 3
+            other, value = torch.cat([other[:dim], other[2 * dim:]]), torch.cat([value[:dim], value[2 * dim:]])
+        assert torch.allclose(other, value, rtol=1e-4, atol=1e-6), key
+
+
+def train_batches(config):
+    total = sum(1 for line in open(os.path.join(config["data_path"], "toy", "toy.train.inter"))) - 1
+    return range(0, total, config["train_batch_size"])
 
 
 def test_shares_cover_the_global_batch_and_weigh_it_evenly(monkeypatch):

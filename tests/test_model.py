@@ -57,17 +57,20 @@ def test_scores_cover_all_items_and_predict_agrees_with_full_sort():
 
 
 def test_fusion_with_zero_factor_is_the_static_mean():
-    cos = torch.randn(4, 7, 2)
-    present = torch.ones(7, 2, dtype=torch.bool)
-    assert torch.allclose(fuse_modalities(cos, present, torch.tensor(0.0)), cos.mean(-1))
-    assert torch.allclose(fuse_modalities(cos, present, None), cos.mean(-1))
+    cos = torch.randn(2, 4, 7)  # [M, B, C]
+    present = torch.ones(2, 1, 7, dtype=torch.bool)
+    assert torch.allclose(fuse_modalities(cos, present, torch.tensor(0.0)), cos.mean(0))
+    assert torch.allclose(fuse_modalities(cos, present, None), cos.mean(0))
     sharp = fuse_modalities(cos, present, torch.tensor(50.0))
-    assert torch.allclose(sharp, cos.max(-1).values, atol=1e-2)  # f >> 0 favours the better modality
+    assert torch.allclose(sharp, cos.max(0).values, atol=1e-2)  # f >> 0 favours the better modality
+    factor = torch.tensor(1.7)
+    expected = (torch.softmax(factor * cos, dim=0) * cos).sum(0)
+    assert torch.allclose(fuse_modalities(cos, present, factor), expected, atol=1e-6)
 
 
 def test_fusion_ignores_a_missing_modality():
-    cos = torch.tensor([[[0.2, 0.9], [0.4, -0.5]]])
-    present = torch.tensor([[True, False], [True, True]])
+    cos = torch.tensor([[[0.2, 0.4]], [[0.9, -0.5]]])  # [M=2, B=1, C=2]
+    present = torch.tensor([[[True, True]], [[False, True]]])
     for factor in (None, torch.tensor(0.0), torch.tensor(3.0)):
         fused = fuse_modalities(cos, present, factor)
         assert fused[0, 0].item() == pytest.approx(0.2)  # only the text cosine counts

@@ -163,7 +163,10 @@ def _cli(config_file, workdir, *extra, driver=None, env=None):
     command += ["-c", driver, ROOT] if driver else [os.path.join(ROOT, "run_recbole_missrec.py")]
     command += ["-d", "pt", "--config_files", str(config_file), *extra]
     os.makedirs(workdir, exist_ok=True)
-    return subprocess.run(command, cwd=workdir, env={**os.environ, **(env or {})}, capture_output=True, text=True)
+    # Bit-for-bit needs a fixed thread count: MKL otherwise adapts its threads to the machine's load.
+    threads = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    return subprocess.run(command, cwd=workdir, env={**os.environ, **threads, **(env or {})}, capture_output=True,
+                          text=True)
 
 
 def test_killed_pretraining_resumes_bit_for_bit(tmp_path):

@@ -10,7 +10,7 @@ from recbole_missrec.data.feature_file import FeatureFileError
 from recbole_missrec.model import MISSRec
 from recbole_missrec.config import PluginConfig
 from recbole_missrec.quick_start import run_recbole_missrec
-from recbole_missrec.trainer import PluginTrainer, load_state
+from recbole_missrec.trainer import CheckpointError, PluginTrainer, load_state
 from recbole_missrec.utils import create_dataset, get_trainer
 
 METRICS = ("hit@5", "hit@10", "ndcg@5", "ndcg@10")
@@ -96,3 +96,24 @@ def test_missrec_learns_on_scientific_mm_subset(tmp_path):
     }
     result = run_recbole_missrec("MISSRec", "Scientific_mm_subset", config_dict=config)
     assert result["test_result"]["ndcg@10"] > 0.02  # random ranking of 1,585 items gives about 0.004
+
+
+def test_an_empty_training_file_is_named(tmp_path):
+    folder = write_benchmark_dataset(tmp_path)
+    with open(os.path.join(folder, "toy.train.inter"), "w") as handle:
+        handle.write("user_id:token\titem_id_list:token_seq\titem_id:token\n")
+    with pytest.raises(ValueError, match=r"toy\.train\.inter has no interactions"):
+        run_recbole_missrec("MISSRec", "toy", config_dict=tiny_run_config(tmp_path))
+
+
+def test_pre_split_files_are_found_without_benchmark_filename(tmp_path):
+    write_benchmark_dataset(tmp_path)
+    config = tiny_run_config(tmp_path, epochs=1, topk=[5, 10], benchmark_filename=None, alias_of_item_id=None, load_col=None)
+    check_result(run_recbole_missrec("MISSRec", "toy", config_dict=config), epochs=1)
+
+
+def test_a_pretrained_file_that_is_no_checkpoint_is_named(tmp_path):
+    write_benchmark_dataset(tmp_path)
+    (tmp_path / "random.pth").write_bytes(os.urandom(512))
+    with pytest.raises(CheckpointError, match=r"random\.pth is not a readable weights-only checkpoint"):
+        run_recbole_missrec("MISSRec", "toy", config_dict=tiny_run_config(tmp_path), pretrained=str(tmp_path / "random.pth"))

@@ -31,7 +31,7 @@ def movie_texts(item_file):
     return texts
 
 
-def ensure_text_features(data_path, suffix, encoder=None, batch_size=128):
+def ensure_text_features(data_path, suffix, encoder=None, batch_size=128, show_progress=True):
     """Build (once) and return the folder holding ``ml-100k.<suffix>`` encoded from the movie texts."""
     from recbole_missrec.encoders.text import default_text_encoder, encode_texts
 
@@ -44,7 +44,7 @@ def ensure_text_features(data_path, suffix, encoder=None, batch_size=128):
             if json.load(handle).get("encoder") == encoder:
                 return folder
     texts = movie_texts(os.path.join(data_path, "ml-100k.item"))
-    table = encode_texts(texts, encoder, batch_size=batch_size)
+    table = encode_texts(texts, encoder, batch_size=batch_size, show_progress=show_progress)
     write_feature_file(path, np.asarray(table, dtype=np.float32))
     atomic_write_json(stamp, {"encoder": encoder, "items": len(texts), "dim": int(table.shape[1])})
     return folder
@@ -56,4 +56,5 @@ def prepare(config):
     if config["dataset"] != "ml-100k" or config["feature_path"]:
         return
     suffix = config["text_suffix"] or config["plm_suffix"]
-    config["feature_path"] = ensure_text_features(config["data_path"], suffix, config["text_encoder"])
+    config["feature_path"] = ensure_text_features(config["data_path"], suffix, config["text_encoder"],
+                                                  show_progress=config["show_progress"])

@@ -8,17 +8,20 @@ import torch
 
 
 def fuse_modalities(cos, present, factor=None):
-    """cos: [..., M] cosine per modality; present: bool, broadcastable to cos; factor: scalar tensor or None.
+    """cos: [M, ...] cosine per modality (modality first); present: bool, broadcastable to cos; factor:
+    scalar tensor or None (static fusion: the mean over present modalities). Returns [...].
 
-    ``factor=None`` is the static fusion (mean over present modalities). Returns [...].
+    The softmax over the M modalities is written out over the leading axis, so every operation runs on
+    whole [...] slabs; at M = 2 this is several times faster than ``torch.softmax(dim=-1)`` on [..., 2].
     """
     present = present.expand_as(cos)
     if factor is None:
-        weights = present.to(cos.dtype) / present.sum(dim=-1, keepdim=True).clamp_min(1)
+        weights = present.to(cos.dtype) / present.sum(dim=0, keepdim=True).clamp_min(1)
     else:
         logits = (factor * cos).masked_fill(~present, float("-inf"))
-        weights = torch.softmax(logits, dim=-1)
-    return (weights * cos).sum(dim=-1)
+        exp = (logits - logits.amax(dim=0, keepdim=True)).exp()
+        weights = exp / exp.sum(dim=0, keepdim=True)
+    return (weights * cos).sum(dim=0)
 
 
 def mix_id_score(id_cos, modal_score):

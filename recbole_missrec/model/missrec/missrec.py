@@ -90,17 +90,14 @@ class MISSRec(SequentialRecommender):
         self.input_norm = nn.LayerNorm(d, eps=self.layer_norm_eps)
         self.dropout = nn.Dropout(self.hidden_dropout_prob)
         n_encoder = max(1, self.n_layers // 2)
-        self.transformer = nn.Transformer(
-            d_model=d,
-            nhead=self.n_heads,
-            num_encoder_layers=n_encoder,
-            num_decoder_layers=max(1, self.n_layers - n_encoder),
-            dim_feedforward=self.inner_size,
-            dropout=self.hidden_dropout_prob,
-            activation=self.hidden_act,
-            layer_norm_eps=self.layer_norm_eps,
-            batch_first=True,
-        )
+        layer = dict(nhead=self.n_heads, dim_feedforward=self.inner_size, dropout=self.hidden_dropout_prob,
+                     activation=self.hidden_act, layer_norm_eps=self.layer_norm_eps, batch_first=True)
+        # Built here only to switch off nested tensors (a prototype API that warns; interest sets are short
+        # anyway); nn.Transformer would build the same encoder, with the same initialisation.
+        encoder = nn.TransformerEncoder(nn.TransformerEncoderLayer(d, **layer), n_encoder,
+                                        nn.LayerNorm(d, eps=self.layer_norm_eps), enable_nested_tensor=False)
+        self.transformer = nn.Transformer(d_model=d, num_decoder_layers=max(1, self.n_layers - n_encoder),
+                                          custom_encoder=encoder, **layer)
         dynamic = self.item_mm_fusion == "dynamic_shared" and len(self.modalities) > 1
         self.fusion_factor = nn.Parameter(torch.zeros(())) if dynamic else None
 
@@ -206,13 +203,15 @@ class MISSRec(SequentialRecommender):
         return memory, valid
 
     # ---- sequence side ---------------------------------------------------------------------------
-    def _decoder_input(self, item_seq, present, word_drop=None):
+    def _decoder_input(self, item_seq, present, word_drop=None, item_tokens=None):
         """Item tokens for the decoder and their key-padding mask.
 
         add: one token per position, the sum of its real modality tokens. contextual: one token per
-        (modality, position), laid out modality-major [B, M*L, d].
+        (modality, position), laid out modality-major [B, M*L, d]. ``item_tokens`` [N, M, d]: every item's
+        modality tokens, already computed (full ranking); else the adapters run on the sequence's items.
         """
-        tokens = self.modality_tokens(item_seq, word_drop) * present.unsqueeze(-1)  # [B, L, M, d]
+        tokens = item_tokens[item_seq] if item_tokens is not None else self.modality_tokens(item_seq, word_drop)
+        tokens = tokens * present.unsqueeze(-1)  # [B, L, M, d]
         position = self.position_embedding(torch.arange(item_seq.shape[1], device=item_seq.device))
         extra = position.unsqueeze(0)  # [1, L, d]
         if self.item_embedding is not None:
@@ -235,14 +234,15 @@ class MISSRec(SequentialRecommender):
         weights = present_last.to(last.dtype).unsqueeze(-1)
         return (last * weights).sum(dim=1) / weights.sum(dim=1)
 
-    def encode(self, item_seq, item_seq_len, word_drop=None):
+    def encode(self, item_seq, item_seq_len, word_drop=None, item_tokens=None):
         """Returns the L2-normalised sequence vector [B, d], the interest memory [B, Q, d], its mask.
 
         ``word_drop`` [B, L] bool (pre-training views): positions that read the word-dropped text features.
+        ``item_tokens`` [N, M, d]: every item's modality tokens when the caller has computed them.
         """
         memory, valid = self._encode_interests(item_seq)
         present = self.item_present[item_seq]  # [B, L, M]
-        tokens, padding = self._decoder_input(item_seq, present, word_drop)
+        tokens, padding = self._decoder_input(item_seq, present, word_drop, item_tokens)
         output = self.transformer.decoder(
             tokens, memory, tgt_key_padding_mask=padding, memory_key_padding_mask=~valid
         )
@@ -260,26 +260,41 @@ class MISSRec(SequentialRecommender):
 
     def modal_score(self, seq_output, candidates, present, paired=False):
         """Fused modality cosine of sequences [B, d] and candidate tokens [C, M, d] (present [C, M]) -> [B, C];
-        paired=True: candidates [B, M, d], one per sequence -> [B]."""
-        pattern = "bd,bmd->bm" if paired else "bd,cmd->bcm"
-        return fuse_modalities(torch.einsum(pattern, seq_output, candidates), present, self.fusion_factor)
+        paired=True: candidates [B, M, d], one per sequence -> [B]. The cosines are laid out modality-first,
+        so the fusion works on contiguous [B, C] slabs (a softmax over a last axis of 2 costs more than
+        the matrix products)."""
+        if paired:
+            cos = torch.einsum("bd,bmd->mb", seq_output, candidates)  # [M, B]
+            return fuse_modalities(cos, present.T, self.fusion_factor)
+        cos = torch.matmul(seq_output, candidates.permute(1, 2, 0))  # [M, B, C]
+        return fuse_modalities(cos, present.T.unsqueeze(1), self.fusion_factor)
 
-    def score(self, seq_output, item_ids, paired=False):
+    def score(self, seq_output, item_ids, paired=False, tokens=None):
         """Logits of candidates: item_ids [C] shared by every sequence -> [B, C]; paired=True: item_ids [B]
-        one candidate per sequence -> [B]."""
-        logits = self.modal_score(seq_output, self.candidate_tokens(item_ids), self.item_present[item_ids], paired)
+        one candidate per sequence -> [B]. ``tokens``: the candidates' modality tokens if already computed."""
+        candidates = F.normalize(tokens, dim=-1) if tokens is not None else self.candidate_tokens(item_ids)
+        logits = self.modal_score(seq_output, candidates, self.item_present[item_ids], paired)
         if self.item_embedding is not None:
             ids = F.normalize(self.item_embedding(item_ids), dim=-1)
             id_cosine = (seq_output * ids).sum(-1) if paired else seq_output @ ids.T
             logits = mix_id_score(id_cosine, logits)
         return logits / self.temperature
 
+    def _score_all_items(self, interaction):
+        """Logits of every item [B, N], the interest memory and its mask. The adapters run once over all
+        items, for the candidates and the sequences' items alike, instead of once more per position."""
+        all_items = torch.arange(self.n_items, device=self.position_embedding.weight.device)
+        tokens = self.modality_tokens(all_items)  # [N, M, d]
+        seq_output, memory, valid = self.encode(
+            interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN], item_tokens=tokens
+        )
+        return self.score(seq_output, all_items, tokens=tokens), memory, valid
+
     def calculate_loss(self, interaction):
         if self.train_stage == "pretrain":
             return self._pretrain_loss(interaction)
-        seq_output, memory, valid = self.encode(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
-        all_items = torch.arange(self.n_items, device=seq_output.device)
-        loss = full_softmax_ce(self.score(seq_output, all_items), interaction[self.POS_ITEM_ID])
+        logits, memory, valid = self._score_all_items(interaction)
+        loss = full_softmax_ce(logits, interaction[self.POS_ITEM_ID])
         return loss + self.gamma * diversity_penalty(memory, valid, reference=self.reference_penalty)
 
     def _gather(self, x):
@@ -315,8 +330,7 @@ class MISSRec(SequentialRecommender):
         return self.score(seq_output, interaction[self.ITEM_ID], paired=True)
 
     def full_sort_predict(self, interaction):
-        seq_output = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
-        return self.score(seq_output, torch.arange(self.n_items, device=seq_output.device))
+        return self._score_all_items(interaction)[0]
 
     # ---- transfer --------------------------------------------------------------------------------
     def load_pretrained(self, state_dict):

@@ -1,0 +1,48 @@
+"""The dataset folder's interaction files, checked (and the benchmark layout detected) before RecBole reads them.
+
+RecBole reads ``<name>.inter``, or the pre-split ``<name>.train/.valid/.test.inter`` when
+``benchmark_filename`` is set; a folder holding only the pre-split files without that setting, or a split
+file with no rows, ends in an unrelated error deep inside RecBole (``max() arg is an empty sequence``).
+"""
+import os
+
+BENCHMARK_PARTS = ("train", "valid", "test")
+
+
+def _header_fields(path):
+    with open(path, encoding="utf-8") as handle:
+        header = handle.readline().rstrip("\n")
+    return [field.split(":")[0] for field in header.split("\t") if field]
+
+
+def _has_rows(path):
+    with open(path, encoding="utf-8") as handle:
+        handle.readline()
+        return any(line.strip() for line in handle)
+
+
+def check_interaction_files(config, logger):
+    """Raise a clear error for a missing or empty split; set the benchmark layout's three settings when the
+    folder holds only pre-split files and the user set none of them (and say so in the log)."""
+    folder, name = config["data_path"], config["dataset"]
+    atomic = os.path.join(folder, f"{name}.inter")
+    parts = config["benchmark_filename"]
+    if not parts and not os.path.isfile(atomic):
+        found = [part for part in BENCHMARK_PARTS if os.path.isfile(os.path.join(folder, f"{name}.{part}.inter"))]
+        if not found:
+            return  # RecBole reports the missing dataset itself
+        parts = found
+        fields = _header_fields(os.path.join(folder, f"{name}.{found[0]}.inter"))
+        config["benchmark_filename"] = found
+        config["alias_of_item_id"] = config["alias_of_item_id"] or [f for f in fields if f.endswith(config["LIST_SUFFIX"])]
+        config["load_col"] = {"inter": fields}
+        logger.info(f"{folder} holds pre-split files {[f'{name}.{part}.inter' for part in found]}: read as the "
+                    f"benchmark layout (benchmark_filename={found}, load_col={{'inter': {fields}}})")
+    files = [os.path.join(folder, f"{name}.{part}.inter") for part in parts] if parts else [atomic]
+    for path in files:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path} is missing: benchmark_filename={parts} names it; write it or change "
+                                    f"benchmark_filename")
+        if not _has_rows(path):
+            raise ValueError(f"{path} has no interactions (only a header or nothing): a dataset needs rows in every "
+                             f"split it reads; rebuild it (python -m dataset_preprocess) or fix the file")
