@@ -65,14 +65,14 @@ def in_batch_infonce(logits, first=0, duplicates=None, mode="none", rows=None):
     logits: [B, C] (already divided by the temperature); the columns are the candidates of the whole,
     possibly gathered, batch and ``first`` is where this rank's rows start among them. ``duplicates``:
     :func:`duplicate_mask`, handled per ``mode`` (see :func:`apply_duplicates`). ``rows`` [B] bool: the rows
-    that count (a row whose positive is missing has no loss); the mean is over them, 0 if there is none.
+    that have a loss (not a row whose positive is missing); the others count 0 in the mean over all B rows,
+    so every row weighs the same whatever the batch or the data-parallel share it falls in.
     """
     labels = torch.arange(logits.shape[0], device=logits.device) + first
     logits = apply_duplicates(logits, duplicates, mode)
     if rows is None:
         return F.cross_entropy(logits, labels)
-    losses = F.cross_entropy(logits[rows], labels[rows], reduction="sum")
-    return losses / rows.sum().clamp_min(1)
+    return F.cross_entropy(logits[rows], labels[rows], reduction="sum") / logits.shape[0]
 
 
 def compact(item_seq, survive):

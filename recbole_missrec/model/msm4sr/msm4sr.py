@@ -222,8 +222,9 @@ class MSM4SR(SequentialRecommender):
 
     def pretrain_terms(self, seq_output, candidates, target):
         """{"nip_<modality>": nip_weight * NIP, "cmcl": lambda * CMCL} of unit sequence vectors [B, M, d]
-        and the targets' unit vectors [B, M, d]. A target without a modality has no NIP term there and is
-        no negative for it."""
+        and the targets' unit vectors [B, M, d]. A target without a modality is no negative in that
+        modality's NIP and its row counts 0 there (the mean stays over all rows, as data-parallel shares
+        are weighed)."""
         targets, first = self._gather(target)  # [C]
         sequences, _ = self._gather(seq_output)  # [C, M, d]
         items, _ = self._gather(candidates)  # [C, M, d]
