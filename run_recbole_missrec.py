@@ -6,6 +6,10 @@ MISSRec's two stages:
   pre-train:  run_recbole_missrec.py -d <merged set> --train_stage=pretrain [--resume]
   fine-tune:  run_recbole_missrec.py -d Scientific --train_stage=inductive_ft --pretrained saved/<ckpt>.pth
               (--freeze_backbone=False trains every weight instead of adapters, LayerNorm, fusion and IDs)
+MSM4SR (alias MP4SR), in-domain as in its paper:
+  pre-train:  run_recbole_missrec.py -m MSM4SR -d <dataset> --train_stage=pretrain   (kept by validation)
+  fine-tune:  run_recbole_missrec.py -m MSM4SR -d <dataset> --pretrained saved/<ckpt>.pth
+              (--train_stage=inductive_ft: no item IDs; without --pretrained: trained from scratch)
 Data-parallel: torchrun --nproc_per_node N run_recbole_missrec.py ... (gloo on CPU, nccl on GPU).
 """
 import argparse

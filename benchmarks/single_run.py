@@ -5,6 +5,7 @@ process fragile, and because peak resident memory (``ru_maxrss``) is only per ru
 The parent (run.py) sets the working directory, so RecBole's log/ and saved/ land in the work folder.
 """
 import json
+import os
 import resource
 import sys
 from statistics import mean
@@ -14,6 +15,7 @@ import torch
 
 from recbole_missrec.atomic import atomic_write_json
 from recbole_missrec.quick_start import run_recbole_missrec
+from recbole_missrec.utils import get_model, is_plugin_model
 
 METRICS = ("hit@10", "ndcg@10", "hit@50", "ndcg@50")
 
@@ -45,27 +47,47 @@ def summarize(result):
     }
 
 
-def pretrain(spec):
-    """A RecBole model's pre-training stage (S3Rec's self-supervised one), run through the plugin's entry
-    point as RecBole runs it; the plugin's trainers save it weights-only, so the fine-tuning stage's
-    ``torch.load`` reads it. Returns the checkpoint's path and the stage's figures."""
-    config = dict(spec["config"], train_stage="pretrain", pretrain_epochs=spec["pretrain_epochs"],
-                  save_step=spec["pretrain_epochs"])
+def pretrain(spec, plugin):
+    """The pre-training stage of a two-stage variant; returns the checkpoint's path and the stage's figures.
+
+    A plugin model (MSM4SR) runs its own ``pretrain`` stage with the run's budget (MSM4SR keeps the epoch
+    with the best validation score) and writes its checkpoint to a folder of its own. RecBole's S3Rec runs
+    its self-supervised stage for ``pretrain_epochs`` as RecBole runs it; the plugin's trainers save it
+    weights-only, so the fine-tuning stage's ``torch.load`` reads it.
+    """
+    config = dict(spec["config"], train_stage="pretrain")
+    if plugin:
+        config["checkpoint_dir"] = os.path.join(config["checkpoint_dir"], "pretrain")
+    else:
+        config.update(pretrain_epochs=spec["pretrain_epochs"], save_step=spec["pretrain_epochs"])
     start = perf_counter()
     result = run_recbole_missrec(spec["model"], spec["dataset"], spec["config_files"], config, saved=True)
-    return result["checkpoint"], {"pretrain_epochs": spec["pretrain_epochs"], "pretrain_seconds": perf_counter() - start}
+    figures = {"pretrain_seconds": perf_counter() - start}
+    if plugin:
+        figures.update(pretrain_epochs=len(result["history"]),
+                       pretrain_best_epoch=best_epoch(result["history"], result.get("valid_score_bigger", True)))
+    else:
+        figures["pretrain_epochs"] = spec["pretrain_epochs"]
+    return result["checkpoint"], figures
 
 
 def run(spec):
-    """Train and test one variant; a two-stage one (S3Rec) pre-trains first, then fine-tunes from there."""
+    """Train and test one variant. A two-stage one pre-trains first, then fine-tunes from that checkpoint:
+    a plugin model through ``pretrained`` (its load report is kept), RecBole's S3Rec through its
+    ``pre_model_path``."""
     config = dict(spec["config"])
+    pretrained = spec.get("pretrained")
     extra = {}
     if "pretrain" in spec["stages"]:
-        weights, extra = pretrain(spec)
-        config.update(train_stage="finetune", pre_model_path=weights)
+        plugin = is_plugin_model(get_model(spec["model"]))
+        weights, extra = pretrain(spec, plugin)
+        if plugin:
+            pretrained = weights
+        else:
+            config.update(train_stage="finetune", pre_model_path=weights)
     result = run_recbole_missrec(spec["model"], spec["dataset"], spec["config_files"], config, saved=True,
-                                 pretrained=spec.get("pretrained"))
-    if spec.get("pretrained"):
+                                 pretrained=pretrained)
+    if pretrained:
         extra["transfer"] = result.get("transfer")
     return dict(summarize(result), **extra, torch_threads=torch.get_num_threads())
 

@@ -31,6 +31,12 @@ VARIANTS = {
         Variant("MISSRec-transductive", "MISSRec", {"train_stage": "transductive_ft"}),
         Variant("MISSRec-inductive+pretrained", "MISSRec", {"train_stage": "inductive_ft"}, pretrained=True),
         Variant("MISSRec-transductive+pretrained", "MISSRec", {"train_stage": "transductive_ft"}, pretrained=True),
+        # MSM4SR (alias MP4SR): from scratch, with item IDs (the reference's fine-tuning) or from features only;
+        # and the reference's in-domain schedule: pre-train on the same training split (kept by validation),
+        # then fine-tune from that checkpoint.
+        Variant("MSM4SR", "MSM4SR", {"train_stage": "finetune"}),
+        Variant("MSM4SR-inductive", "MSM4SR", {"train_stage": "inductive_ft"}),
+        Variant("MSM4SR+in-domain-pretrain", "MSM4SR", {"train_stage": "finetune"}, stages=("pretrain", "finetune")),
         Variant("SASRec", "SASRec"),
         Variant("GRU4Rec", "GRU4Rec", {"embedding_size": HIDDEN_SIZE}),
         Variant("BERT4Rec", "BERT4Rec"),

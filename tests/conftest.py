@@ -31,17 +31,21 @@ class ModelConfig(dict):
         return None
 
 
-def missrec_defaults():
-    """overall.yaml then MISSRec's model yaml, as the plugin's Config layers them."""
+def plugin_defaults(model="MISSRec", stage=None):
+    """overall.yaml, the model's yaml and (``stage``: pretrain | finetune) its stage file, as the plugin's
+    Config layers them."""
+    names = ["overall.yaml", os.path.join("model", f"{model}.yaml")]
+    if stage:
+        names.append(os.path.join("model", f"{model}.{stage}.yaml"))
     settings = {}
-    for name in ("overall.yaml", os.path.join("model", "MISSRec.yaml")):
+    for name in names:
         with open(os.path.join(ROOT, "properties", name)) as handle:
             settings.update(yaml.safe_load(handle))
     return settings
 
 
 def model_config(**overrides):
-    config = ModelConfig(missrec_defaults())
+    config = ModelConfig(plugin_defaults())
     config.update(
         USER_ID_FIELD="user_id", ITEM_ID_FIELD="item_id", LIST_SUFFIX="_list", ITEM_LIST_LENGTH_FIELD="item_length",
         NEG_PREFIX="neg_", MAX_ITEM_LIST_LENGTH=8, device="cpu", train_stage="transductive_ft",

@@ -96,6 +96,18 @@ def test_quick_sweep_writes_reports_and_resumes(toy):
     assert "running" not in second and second.count("finished earlier, skipped") == 4
 
 
+def test_quick_sweep_runs_the_msm4sr_variants(toy):
+    """From scratch (IDs, features only) and the in-domain two-stage schedule: pre-train, then fine-tune from
+    that checkpoint through ``pretrained``."""
+    variants = ("MSM4SR", "MSM4SR-inductive", "MSM4SR+in-domain-pretrain")
+    run_harness(toy, "--models", *variants, "--seeds", "1")
+    runs = {run["variant"]: run for run in json.loads((toy / "out" / "results.json").read_text())["runs"]}
+    assert {name: run["status"] for name, run in runs.items()} == dict.fromkeys(variants, "ok")
+    two_stage = runs["MSM4SR+in-domain-pretrain"]
+    assert two_stage["pretrain_epochs"] == 1 and two_stage["transfer"]["new"] == ["item_embedding.weight"]
+    assert "trm_encoder.layer.0.multi_head_attention.query.weight" in two_stage["transfer"]["loaded"]
+
+
 def test_failed_run_is_recorded_and_the_sweep_goes_on(toy):
     run_harness(toy, "--models", "SASRec", "S3Rec", "--seeds", "1", "--set", "n_heads=7")  # 300 % 7 != 0
     runs = json.loads((toy / "out" / "results.json").read_text())["runs"]

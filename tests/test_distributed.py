@@ -26,8 +26,8 @@ from recbole_missrec import distributed
 from recbole_missrec.quick_start import run_recbole_missrec
 
 with open(os.environ["DDP_RUNS"]) as handle:
-    for dataset, config in json.load(handle):
-        run_recbole_missrec("MISSRec", dataset, config_dict=config)
+    for model, dataset, config in json.load(handle):
+        run_recbole_missrec(model, dataset, config_dict=config)
 distributed.shutdown()
 """
 
@@ -48,12 +48,17 @@ def saved_weights(folder):
 def test_ddp_step_equals_single_process_step_on_the_global_batch(tmp_path):
     write_pretrain_dataset(tmp_path)
     write_benchmark_dataset(tmp_path)
-    runs = {
-        "pt": tiny_pretrain_config(tmp_path, gather_negatives=True, mask_false_negatives=True),
-        "toy": tiny_run_config(tmp_path, topk=[5, 10], train_stage="transductive_ft"),
+    runs = {  # folder: (model, dataset, config)
+        "pt": ("MISSRec", "pt", tiny_pretrain_config(tmp_path, gather_negatives=True, mask_false_negatives=True)),
+        "toy": ("MISSRec", "toy", tiny_run_config(tmp_path, topk=[5, 10], train_stage="transductive_ft")),
+        # augmentations drawn on the global batch, gathered negatives, 3 items without an image
+        "msm4sr": ("MSM4SR", "toy", tiny_run_config(
+            tmp_path, train_stage="pretrain", pretrain_select="fixed_epochs", save_step=1, gather_negatives=True,
+            attn_dropout_prob=0.0, adaptor_dropout_prob=0.0, clip_grad_norm=None)),
     }
     with open(tmp_path / "runs.json", "w") as handle:
-        json.dump([(name, one_step(dict(config), tmp_path / "ddp" / name)) for name, config in runs.items()], handle)
+        json.dump([(model, dataset, one_step(dict(config), tmp_path / "ddp" / name))
+                   for name, (model, dataset, config) in runs.items()], handle)
     (tmp_path / "driver.py").write_text(DRIVER)
     workdir = tmp_path / "ddp_work"
     workdir.mkdir()
@@ -65,12 +70,13 @@ def test_ddp_step_equals_single_process_step_on_the_global_batch(tmp_path):
     )
     assert launched.returncode == 0, launched.stdout[-2000:] + launched.stderr[-4000:]
     log_files = os.listdir(workdir / "log" / "MISSRec")
-    assert len(log_files) == 2  # one log file per run: rank 0 only
+    assert len(log_files) == 2 and len(os.listdir(workdir / "log" / "MSM4SR")) == 1  # one per run: rank 0 only
     # TensorBoard folders are named after rank 0's log file; other ranks would add "model-<time>" ones
+    log_files += os.listdir(workdir / "log" / "MSM4SR")
     assert set(os.listdir(workdir / "log_tensorboard")) <= {name.removesuffix(".log") for name in log_files}
 
-    for name, config in runs.items():
-        result = run_recbole_missrec("MISSRec", name, config_dict=one_step(config, tmp_path / "single" / name))
+    for name, (model, dataset, config) in runs.items():
+        result = run_recbole_missrec(model, dataset, config_dict=one_step(config, tmp_path / "single" / name))
         assert result["world_size"] == 1
         single, ddp = saved_weights(tmp_path / "single" / name), saved_weights(tmp_path / "ddp" / name)
         for key, value in single.items():

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from recbole_missrec.model.layers import (
-    MoEAdaptor, duplicate_mask, full_softmax_ce, in_batch_infonce, item_drop, modality_presence,
+    MoEAdaptor, duplicate_mask, full_softmax_ce, in_batch_infonce, item_drop, modality_presence, presence_weights,
 )
 
 
@@ -41,6 +41,14 @@ def test_infonce_duplicate_modes():
     assert torch.allclose(in_batch_infonce(logits, 2, same, "none"), plain)
 
 
+def test_infonce_over_chosen_rows_only():
+    logits = torch.randn(3, 3)
+    rows = torch.tensor([True, False, True])
+    expected = F.cross_entropy(logits[[0, 2]], torch.tensor([0, 2]), reduction="sum") / 3  # row 1 counts 0
+    assert torch.allclose(in_batch_infonce(logits, rows=rows), expected)
+    assert in_batch_infonce(logits, rows=torch.zeros(3, dtype=torch.bool)).item() == 0  # no row: no loss
+
+
 def test_infonce_with_one_row_is_zero():
     assert in_batch_infonce(torch.tensor([[3.0]])).item() == pytest.approx(0.0)  # §12 (g): log 1
 
@@ -54,6 +62,11 @@ def test_modality_presence_keeps_at_least_one_token():
     missing = torch.tensor([[False, True], [True, True], [False, False]])
     assert modality_presence(missing).tolist() == [[True, False], [True, True], [True, True]]
     assert modality_presence(missing, mask_missing=False).all()
+
+
+def test_presence_weights_average_over_present_modalities():
+    present = torch.tensor([[True, True], [False, True], [False, False]])
+    assert presence_weights(present).tolist() == [[0.5, 0.5], [0.0, 1.0], [0.0, 0.0]]
 
 
 @pytest.mark.parametrize("expert", ["linear_ln", "whitening"])

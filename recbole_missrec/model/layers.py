@@ -2,11 +2,15 @@
 
 - ``full_softmax_ce``: fine-tuning cross-entropy over the real items (the padding item is never a class).
 - ``in_batch_infonce`` and ``duplicate_mask``: contrast against in-batch candidates, with the three ways
-  the references treat a "negative" that is in fact the row's own target item.
+  the references treat a "negative" that is in fact the row's own target item; ``local_rows``: the
+  candidates of this process only (a model's ``gather_rows`` outside DDP).
 - ``item_drop``: the pre-training augmentation of both references, as intended (``delete``) or as the
   reference code's scatter actually behaved (``reference``).
-- ``modality_presence``: which item-modality tokens are real when a modality is missing.
+- ``modality_presence`` and ``presence_weights``: which item-modality tokens are real when a modality is
+  missing, and the weights of a mean over the real ones.
 - ``MoEAdaptor``: the mixture-of-experts feature adaptor of UniSRec and MSM4SR.
+- ``normal_init`` and ``transfer_weights``: the references' weight initialisation, and loading a pre-trained
+  state dict by name with a report of what was transferred.
 """
 import torch
 import torch.nn.functional as F
@@ -49,15 +53,26 @@ def apply_duplicates(logits, duplicates, mode):
     raise ValueError(f"duplicate mode {mode!r} is not supported; use one of {DUPLICATE_MODES}")
 
 
-def in_batch_infonce(logits, first=0, duplicates=None, mode="none"):
+def local_rows(x):
+    """In-batch candidates of this process only: (rows, index of this process's first row). The default of
+    a model's ``gather_rows`` attribute, which the trainer swaps for the cross-rank gather under DDP."""
+    return x, 0
+
+
+def in_batch_infonce(logits, first=0, duplicates=None, mode="none", rows=None):
     """InfoNCE with in-batch negatives: row i's positive is column ``first + i``.
 
     logits: [B, C] (already divided by the temperature); the columns are the candidates of the whole,
     possibly gathered, batch and ``first`` is where this rank's rows start among them. ``duplicates``:
-    :func:`duplicate_mask`, handled per ``mode`` (see :func:`apply_duplicates`).
+    :func:`duplicate_mask`, handled per ``mode`` (see :func:`apply_duplicates`). ``rows`` [B] bool: the rows
+    that have a loss (not a row whose positive is missing); the others count 0 in the mean over all B rows,
+    so every row weighs the same whatever the batch or the data-parallel share it falls in.
     """
     labels = torch.arange(logits.shape[0], device=logits.device) + first
-    return F.cross_entropy(apply_duplicates(logits, duplicates, mode), labels)
+    logits = apply_duplicates(logits, duplicates, mode)
+    if rows is None:
+        return F.cross_entropy(logits, labels)
+    return F.cross_entropy(logits[rows], labels[rows], reduction="sum") / logits.shape[0]
 
 
 def compact(item_seq, survive):
@@ -99,6 +114,13 @@ def modality_presence(missing, mask_missing=True):
     return present
 
 
+def presence_weights(present, dtype=torch.float32, dim=-1):
+    """Weights of a mean over the present modalities only (modalities along ``dim`` of ``present``, bool):
+    1/count where present, 0 elsewhere (all 0 where none is)."""
+    present = present.to(dtype)
+    return present / present.sum(dim=dim, keepdim=True).clamp_min(1)
+
+
 class MoEAdaptor(nn.Module):
     """Mixture of ``n_exps`` experts mapping item features [..., D] to [..., d], with dense softmax gates
     ``softmax(x W_g)`` (W_g starts at 0: uniform gates).
@@ -132,3 +154,45 @@ class MoEAdaptor(nn.Module):
         else:
             outputs = [linear(self.dropout(x - bias)) for linear, bias in zip(self.experts, self.bias)]
         return (gates @ torch.stack(outputs, dim=-2)).squeeze(-2)  # [..., 1, E] @ [..., E, d]
+
+
+def normal_init(module, std):
+    """The references' initialisation (RecBole's SASRec): N(0, std) for linear maps and embeddings, zero
+    biases, LayerNorm 1 / 0; an embedding's padding row is zeroed. Use as ``module.apply(partial(...))``."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        module.weight.data.normal_(mean=0.0, std=std)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        module.bias.data.zero_()
+    elif isinstance(module, nn.LayerNorm):
+        module.weight.data.fill_(1.0)
+        module.bias.data.zero_()
+    if isinstance(module, nn.Embedding) and module.padding_idx is not None:
+        module.weight.data[module.padding_idx].zero_()
+
+
+def transfer_weights(model, state_dict, domain_specific, dimensions):
+    """Copy a pre-trained state dict's weights into ``model`` by name.
+
+    Names in ``domain_specific`` belong to the pre-training item set and are skipped. A weight whose shape
+    differs means the checkpoint comes from a model with other dimensions: that raises (naming
+    ``dimensions``, the settings that shape the weights) rather than silently training from scratch.
+    Returns {"loaded", "domain_specific", "unused", "new"}: sorted lists of names.
+    """
+    own = model.state_dict()
+    transferable = {name: value for name, value in state_dict.items() if name in own and name not in domain_specific}
+    mismatched = [
+        f"{name}: checkpoint {tuple(value.shape)}, this model {tuple(own[name].shape)}"
+        for name, value in transferable.items() if value.shape != own[name].shape
+    ]
+    if mismatched:
+        raise ValueError(
+            f"the pre-trained checkpoint comes from a model with other dimensions ({dimensions}): "
+            + "; ".join(mismatched[:6]) + (" ..." if len(mismatched) > 6 else "")
+        )
+    model.load_state_dict(transferable, strict=False)
+    return {
+        "loaded": sorted(transferable),
+        "domain_specific": sorted(name for name in state_dict if name in domain_specific),
+        "unused": sorted(name for name in state_dict if name not in own),
+        "new": sorted(name for name in own if name not in transferable),
+    }

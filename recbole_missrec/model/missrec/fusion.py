@@ -6,6 +6,8 @@ item does not have are masked out and the weights renormalised over the ones it 
 """
 import torch
 
+from recbole_missrec.model.layers import presence_weights
+
 
 def fuse_modalities(cos, present, factor=None):
     """cos: [M, ...] cosine per modality (modality first); present: bool, broadcastable to cos; factor:
@@ -16,7 +18,7 @@ def fuse_modalities(cos, present, factor=None):
     """
     present = present.expand_as(cos)
     if factor is None:
-        weights = present.to(cos.dtype) / present.sum(dim=0, keepdim=True).clamp_min(1)
+        weights = presence_weights(present, cos.dtype, dim=0)
     else:
         logits = (factor * cos).masked_fill(~present, float("-inf"))
         exp = (logits - logits.amax(dim=0, keepdim=True)).exp()

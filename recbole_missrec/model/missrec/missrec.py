@@ -13,6 +13,7 @@ Hooks the plugin's trainers call: ``on_epoch_start`` (interest discovery), ``pre
 views) and ``gather_rows`` (in-batch negatives from every data-parallel rank, set by the trainer).
 """
 import math
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +21,9 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from torch import nn
 
 from recbole_missrec.data.dataset import AUGMENTED_TEXT
-from recbole_missrec.model.layers import duplicate_mask, full_softmax_ce, in_batch_infonce, modality_presence
+from recbole_missrec.model.layers import (
+    duplicate_mask, full_softmax_ce, in_batch_infonce, local_rows, modality_presence, normal_init, transfer_weights,
+)
 from recbole_missrec.model.missrec.fusion import fuse_modalities, mix_id_score
 from recbole_missrec.model.missrec.interest import dpc_knn, kmeans, num_interests, unique_per_row
 from recbole_missrec.model.missrec.losses import diversity_penalty
@@ -28,6 +31,8 @@ from recbole_missrec.model.missrec.views import VIEW_SEQ, VIEW_SEQ_LEN, VIEW_WOR
 
 # Weights that belong to one item set: re-discovered (interests) or re-learned (IDs) on a new domain.
 DOMAIN_SPECIFIC = ("interest_centroids", "interest_lookup", "interests_ready", "item_embedding.weight")
+DIMENSIONS = ("hidden_size, inner_size, n_layers, MAX_ITEM_LIST_LENGTH, or the feature widths plm_size / img_size "
+              "of the text and image encoders")
 SEQ_FUSIONS = {"add": "add", "contextual": "contextual", "stack": "contextual"}
 ITEM_FUSIONS = ("dynamic_shared", "static")
 
@@ -37,11 +42,6 @@ def _choice(config, key, allowed):
     if value not in allowed:
         raise ValueError(f"{key}={value!r} is not supported; use one of {list(allowed)}")
     return value
-
-
-def local_rows(x):
-    """In-batch candidates of this process only: (rows, index of this process's first row)."""
-    return x, 0
 
 
 class MISSRec(SequentialRecommender):
@@ -107,9 +107,11 @@ class MISSRec(SequentialRecommender):
         self.register_buffer("interest_lookup", torch.zeros(self.n_items, len(self.modalities), dtype=torch.long))
         self.register_buffer("interests_ready", torch.tensor(False))
 
+        # N(0, 0.02) as the reference; attention in-projections keep PyTorch's Xavier init and the modality
+        # adapters its default (spec §3.1).
         for module in (self.position_embedding, self.item_embedding, self.input_norm, self.transformer):
             if module is not None:
-                module.apply(self._init_weights)
+                module.apply(partial(normal_init, std=self.initializer_range))
 
     def _init_pretrain(self, config, dataset):
         """Pre-training reads the word-dropped text table for word-drop views and the contrastive weights."""
@@ -125,19 +127,6 @@ class MISSRec(SequentialRecommender):
         self.duplicates = "exclude" if config["mask_false_negatives"] else "none"
         self.item_drop_ratio = config["item_drop_ratio"]
         self.item_drop_prob = config["item_drop_coefficient"]
-
-    def _init_weights(self, module):
-        """N(0, 0.02) for linear maps and embeddings, as the reference; attention in-projections keep
-        PyTorch's Xavier init and the modality adapters its default (spec §3.1)."""
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            module.weight.data.normal_(mean=0.0, std=self.initializer_range)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            module.bias.data.zero_()
-        elif isinstance(module, nn.LayerNorm):
-            module.weight.data.fill_(1.0)
-            module.bias.data.zero_()
-        if isinstance(module, nn.Embedding) and module.padding_idx is not None:
-            module.weight.data[module.padding_idx].zero_()
 
     def modality_tokens(self, item_ids, word_drop=None):
         """Adapted feature tokens of the given items: [*item_ids.shape, M, d]. ``word_drop`` (bool, shaped
@@ -337,29 +326,12 @@ class MISSRec(SequentialRecommender):
         """Copy a pre-trained state dict's weights into this model by name.
 
         Interest buffers and ID embeddings belong to the pre-training item set: they are skipped (interests
-        are re-discovered on this domain). A weight whose shape differs means the checkpoint comes from a
-        model with other dimensions: that raises rather than silently training from scratch. Returns
-        {"loaded", "domain_specific", "unused", "new"}: lists of names.
+        are re-discovered on this domain, so they are not listed as new). Other dimensions raise. Returns
+        {"loaded", "domain_specific", "unused", "new"}: lists of names (``layers.transfer_weights``).
         """
-        own = self.state_dict()
-        transferable = {name: value for name, value in state_dict.items() if name in own and name not in DOMAIN_SPECIFIC}
-        mismatched = [
-            f"{name}: checkpoint {tuple(value.shape)}, this model {tuple(own[name].shape)}"
-            for name, value in transferable.items() if value.shape != own[name].shape
-        ]
-        if mismatched:
-            raise ValueError(
-                "the pre-trained checkpoint comes from a model with other dimensions (hidden_size, inner_size, "
-                "n_layers, MAX_ITEM_LIST_LENGTH, or the feature widths plm_size / img_size of the text and "
-                "image encoders): " + "; ".join(mismatched[:6]) + (" ..." if len(mismatched) > 6 else "")
-            )
-        self.load_state_dict(transferable, strict=False)
-        return {
-            "loaded": sorted(transferable),
-            "domain_specific": sorted(name for name in state_dict if name in DOMAIN_SPECIFIC),
-            "unused": sorted(name for name in state_dict if name not in own),
-            "new": sorted(name for name in own if name not in transferable and not name.startswith("interest")),
-        }
+        report = transfer_weights(self, state_dict, DOMAIN_SPECIFIC, DIMENSIONS)
+        report["new"] = [name for name in report["new"] if not name.startswith("interest")]
+        return report
 
     def freeze_backbone(self):
         """Parameter-efficient transfer (spec §6.2): the position table and the whole encoder-decoder keep
