@@ -15,17 +15,20 @@ that belongs to one family.
   pre-training** (:class:`PretrainTrainer`): every random stream in the checkpoint, so a resumed run
   continues bit-for-bit.
 """
+import copy
 import glob
 import math
 import os
 import random
 import re
+from collections import OrderedDict
 from time import perf_counter
 from unittest import mock
 
 import numpy as np
 import recbole.trainer.trainer
 import torch
+from recbole.evaluator import Collector, Evaluator
 from recbole.trainer import Trainer
 from recbole.utils import set_color
 
@@ -93,14 +96,44 @@ def plain_config(config):
     return plain
 
 
+class ShiftedEvaluator(Evaluator):
+    """RecBole's evaluator computing every ``metric@k`` at k + ``offset`` and reporting it as ``metric@k``.
+
+    MISSRec's reference evaluator was off by one (its "@10" is @11, spec §9 #1); ``metric_topk_offset: 1``
+    reproduces that labelling for comparisons with its published numbers. The default 0 is the true @K.
+    """
+
+    def __init__(self, config, offset):
+        self.offset = offset
+        super().__init__(config)
+
+    def evaluate(self, dataobject):
+        results = super().evaluate(dataobject)
+        return OrderedDict((re.sub(r"@(\d+)$", lambda m: f"@{int(m.group(1)) - self.offset}", name), value)
+                           for name, value in results.items())
+
+
+def shifted_config(config, offset):
+    """A copy of ``config`` whose ``topk`` is moved by ``offset`` (the original is left unchanged)."""
+    shifted = copy.copy(config)
+    shifted.final_config_dict = dict(config.final_config_dict, topk=[k + offset for k in config["topk"]])
+    return shifted
+
+
 class SafeCheckpointMixin:
-    """Replaces RecBole's pickled-Config checkpoints by weights-only ones (see module docstring)."""
+    """Replaces RecBole's pickled-Config checkpoints by weights-only ones (see module docstring), and
+    applies ``metric_topk_offset`` to evaluation."""
 
     def __init__(self, config, model):
         # RecBole's ensure_dir checks, then creates: DDP ranks starting together race on it and one fails.
         os.makedirs(config["checkpoint_dir"], exist_ok=True)
         with recbole_deprecations_silenced():
             super().__init__(config, model)
+        offset = int(config["metric_topk_offset"] or 0)
+        if offset:
+            shifted = shifted_config(config, offset)
+            self.eval_collector = Collector(shifted)
+            self.evaluator = ShiftedEvaluator(shifted, offset)
 
     def _checkpoint_state(self, epoch):
         return {

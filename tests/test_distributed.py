@@ -118,7 +118,7 @@ def test_two_nodes_equal_one_process_over_several_adam_steps_with_dropout(tmp_pa
     config = tiny_run_config(tmp_path, topk=[5, 10], train_stage="transductive_ft", epochs=2, train_batch_size=48,
                              hidden_dropout_prob=0.2, length_buckets=2)
     with open(tmp_path / "runs.json", "w") as handle:
-        json.dump([("toy", dict(config, checkpoint_dir=str(tmp_path / "nodes")))], handle)
+        json.dump([("MISSRec", "toy", dict(config, checkpoint_dir=str(tmp_path / "nodes")))], handle)
     (tmp_path / "driver.py").write_text(DRIVER)
     env = {**os.environ, "PLUGIN_ROOT": ROOT, "DDP_RUNS": str(tmp_path / "runs.json"), "OMP_NUM_THREADS": "1"}
     port = free_port()

@@ -117,3 +117,11 @@ def test_a_pretrained_file_that_is_no_checkpoint_is_named(tmp_path):
     (tmp_path / "random.pth").write_bytes(os.urandom(512))
     with pytest.raises(CheckpointError, match=r"random\.pth is not a readable weights-only checkpoint"):
         run_recbole_missrec("MISSRec", "toy", config_dict=tiny_run_config(tmp_path), pretrained=str(tmp_path / "random.pth"))
+
+
+def test_metric_topk_offset_reports_k_plus_one_under_the_label_k(tmp_path):
+    write_benchmark_dataset(tmp_path)
+    config = tiny_run_config(tmp_path, epochs=1, topk=[5, 6, 10, 11], valid_metric="NDCG@5")
+    true = run_recbole_missrec("MISSRec", "toy", config_dict=config)["test_result"]
+    shifted = run_recbole_missrec("MISSRec", "toy", config_dict=dict(config, topk=[5, 10], metric_topk_offset=1))
+    assert shifted["test_result"]["ndcg@5"] == true["ndcg@6"] and shifted["test_result"]["hit@10"] == true["hit@11"]

@@ -25,12 +25,15 @@ def check_interaction_files(config, logger):
     """Raise a clear error for a missing or empty split; set the benchmark layout's three settings when the
     folder holds only pre-split files and the user set none of them (and say so in the log)."""
     folder, name = config["data_path"], config["dataset"]
+    if not os.path.isdir(folder):
+        raise ValueError(f"unknown dataset {name}: there is no folder {folder}; set data_path to the folder that "
+                         f"holds {name}/")
     atomic = os.path.join(folder, f"{name}.inter")
     parts = config["benchmark_filename"]
     if not parts and not os.path.isfile(atomic):
         found = [part for part in BENCHMARK_PARTS if os.path.isfile(os.path.join(folder, f"{name}.{part}.inter"))]
         if not found:
-            return  # RecBole reports the missing dataset itself
+            raise ValueError(f"dataset {name}: {folder} holds neither {name}.inter nor {name}.train/.valid/.test.inter")
         parts = found
         fields = _header_fields(os.path.join(folder, f"{name}.{found[0]}.inter"))
         config["benchmark_filename"] = found

@@ -4,8 +4,6 @@ Dynamic fusion lets each (user, item) pair lean on the modality that matches bet
 softmax(f * cos) over the modalities, with one learnable scalar f (f = 0 is the plain mean). Modalities an
 item does not have are masked out and the weights renormalised over the ones it has (spec §9 #16).
 """
-import torch
-
 from recbole_missrec.model.layers import presence_weights
 
 
