@@ -90,3 +90,33 @@ def test_inductive_model_scores_an_unseen_item_by_its_features():
     model.discover_interests(torch.Generator().manual_seed(0))
     scores = model.eval().full_sort_predict({"item_id_list": torch.tensor([[1, 2, 3]]), "item_length": torch.tensor([3])})
     assert torch.allclose(scores[0, 11], scores[0, 4])
+
+
+def test_transfer_switches_for_an_unseen_modality_and_frozen_dropout():
+    source = MISSRec(model_config(train_stage="inductive_ft"), fake_dataset(dims=(10,)))  # text only
+    model = MISSRec(model_config(train_stage="inductive_ft", new_modality_init="zero", frozen_dropout=False,
+                                 hidden_dropout_prob=0.5), fake_dataset())
+    report = model.load_pretrained(source.state_dict())
+    assert "adapters.img.weight" in report["new"]
+    assert model.adapters["img"].weight.abs().sum() == 0 and model.adapters["text"].weight.abs().sum() > 0
+    model.freeze_backbone()
+    model.train()
+    assert not model.transformer.training and model.adapters.training and model.dropout.training
+    model.eval()
+    model.train()
+    assert not model.transformer.training  # stays in evaluation mode through train()/eval() cycles
+    kept = MISSRec(model_config(train_stage="inductive_ft", hidden_dropout_prob=0.5), fake_dataset())
+    kept.freeze_backbone()
+    assert kept.train().transformer.training  # frozen_dropout: True keeps the reference's dropout
+
+
+def test_feature_norm_rescales_each_store():
+    from recbole_missrec.data.feature_store import store_from_rows
+
+    store = store_from_rows((3 * torch.randn(5, 4)).numpy())
+    unit = store.normalised("l2")
+    assert torch.allclose(unit.table.norm(dim=-1), torch.ones(5, 1))
+    mean = store.normalised("mean")
+    assert torch.allclose(mean.table.norm(dim=-1).mean(), torch.tensor(1.0))
+    assert torch.allclose(mean.table / store.table, (mean.table / store.table)[0, 0, 0].expand(5, 1, 4))
+    assert store.normalised("none") is store

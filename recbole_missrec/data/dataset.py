@@ -56,7 +56,8 @@ class MultiModalDataset(SequentialDataset):
         stores = {}
         for name, (suffix, dim) in feature_suffixes(self.config).items():
             path = self.feature_path(suffix)
-            stores[name] = read_store(path, dim, tokens, self.config["max_feature_slots"])
+            stores[name] = read_store(path, dim, tokens, self.config["max_feature_slots"]).normalised(
+                self.config["feature_norm"])
             self.feature_files[name] = path
             store = stores[name]
             self.logger.info(

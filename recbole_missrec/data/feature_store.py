@@ -27,6 +27,21 @@ class FeatureStore(NamedTuple):
     def slots(self):
         return self.table.shape[1]
 
+    def normalised(self, norm):
+        """This store with its vectors rescaled: ``l2`` = every vector unit length; ``mean`` = the whole
+        table divided by its mean vector norm (relative norms kept); ``none`` = unchanged. Encoders differ
+        by an order of magnitude in output norm (CLIP image rows ~10, sentence encoders 1), which would
+        otherwise set how much each modality weighs wherever tokens of several modalities are summed."""
+        if norm in (None, "none"):
+            return self
+        norms = self.table.norm(dim=-1, keepdim=True)  # [N, S, 1]
+        if norm == "l2":
+            return self._replace(table=self.table / norms.clamp_min(1e-12))
+        if norm == "mean":
+            real = norms[self.slot_mask]
+            return self._replace(table=self.table / (real.mean() if real.numel() else 1.0))
+        raise ValueError(f"feature_norm={norm!r} is not supported; use none, l2 or mean")
+
     def pooled(self):
         """[N, D]: one vector per item, the mean of its real slots (the vector itself when S = 1)."""
         if self.slots == 1:

@@ -69,6 +69,9 @@ class MISSRec(SequentialRecommender):
         self.kmeans_tol = config["kmeans_tol"]
         self.dpc_knn_ratio = config["dpc_knn_ratio"]
         self.dpc_max_tokens = config["dpc_max_tokens"]
+        self.new_modality_init = _choice(config, "new_modality_init", ("default", "zero"))
+        self.frozen_dropout = config["frozen_dropout"]
+        self.frozen_modules = ()
 
         self.gather_rows = local_rows
 
@@ -331,10 +334,32 @@ class MISSRec(SequentialRecommender):
         """
         report = transfer_weights(self, state_dict, DOMAIN_SPECIFIC, DIMENSIONS)
         report["new"] = [name for name in report["new"] if not name.startswith("interest")]
+        if self.new_modality_init == "zero":
+            self._zero_new_adapters(report["new"])
         return report
+
+    @torch.no_grad()
+    def _zero_new_adapters(self, new_names):
+        """Adapters of modalities the pre-trained backbone never saw start at zero: their tokens then add
+        nothing to its input until they are trained, instead of random noise (often the larger term)."""
+        for modality, adapter in self.adapters.items():
+            if f"adapters.{modality}.weight" in new_names:
+                adapter.weight.zero_()
+                adapter.bias.zero_()
 
     def freeze_backbone(self):
         """Parameter-efficient transfer (spec §6.2): the position table and the whole encoder-decoder keep
         their pre-trained values; adapters, the input LayerNorm, the fusion factor and ID embeddings train."""
-        for module in (self.position_embedding, self.transformer):
+        self.frozen_modules = (self.position_embedding, self.transformer)
+        for module in self.frozen_modules:
             module.requires_grad_(False)
+        self.train(self.training)
+
+    def train(self, mode=True):
+        """``frozen_dropout: False`` keeps the frozen backbone in evaluation mode (no dropout) while the rest
+        trains: dropout in layers that do not learn only adds noise to what the trainable ones see."""
+        super().train(mode)
+        if not self.frozen_dropout:
+            for module in self.frozen_modules:
+                module.eval()
+        return self
