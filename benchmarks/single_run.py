@@ -42,6 +42,7 @@ def summarize(result):
         "eval_seconds": mean(valid_seconds) if valid_seconds else None,
         "peak_rss_mb": result["peak_rss_mb"],
         "trainable_params": result["trainable_params"],
+        "checkpoint": result["checkpoint"],
         "total_params": result["total_params"],
         "history": history,
     }

@@ -198,7 +198,8 @@ class EpochHistoryMixin:
         start = perf_counter()
         self._before_epoch(epoch_idx)
         steps_start = perf_counter()
-        loss = super()._train_epoch(train_data, epoch_idx, loss_func=loss_func, show_progress=show_progress)
+        with recbole_deprecations_silenced():  # RecBole builds a deprecated GradScaler every epoch
+            loss = super()._train_epoch(train_data, epoch_idx, loss_func=loss_func, show_progress=show_progress)
         end = perf_counter()
         total = sum(loss) if isinstance(loss, tuple) else loss
         record = {"epoch": epoch_idx, "train_seconds": end - start, "train_loss": float(total),

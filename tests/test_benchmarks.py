@@ -1,5 +1,6 @@
 """The benchmark harness (benchmarks/run.py, benchmarks/scaling.py) end to end on synthetic data."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -95,6 +96,16 @@ def test_quick_sweep_writes_reports_and_resumes(toy):
     second = run_harness(toy, "--models", "MISSRec-inductive", "FDSA", "--seeds", "1", "2")
     assert "running" not in second and second.count("finished earlier, skipped") == 4
 
+    import coldstart  # protocol (a) on the sweep's checkpoints
+
+    coldstart.main(["buckets", "--results", str(toy / "out")])
+    buckets = json.loads((toy / "out" / "coldstart_buckets.json").read_text())
+    for variant, results in buckets["per_run"].items():
+        for result in results:  # the reloaded checkpoint ranks the test rows as the sweep did
+            assert result["all"]["ndcg@10"] == pytest.approx(result["recbole_test_ndcg@10"], abs=1e-4), variant
+            assert sum(result[name]["rows"] for name in ("0", "1-4", "5-9", "10-19", ">=20")) == result["all"]["rows"]
+    assert (toy / "out" / "coldstart_buckets.png").read_bytes()[:4] == b"\x89PNG"
+
 
 def test_quick_sweep_runs_the_msm4sr_variants(toy):
     """From scratch (IDs, features only) and the in-domain two-stage schedule: pre-train, then fine-tune from
@@ -148,3 +159,24 @@ def test_the_harness_runs_without_matplotlib(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
     with pytest.raises(SystemExit, match=r"recbole-missrec\[bench\]"):
         report.pyplot()
+
+
+def test_training_counts_count_each_interaction_once():
+    import types
+
+    import torch
+    from recbole.data.interaction import Interaction
+
+    import coldstart
+
+    rows = Interaction({  # one user: items 3, 5, 3, 7 in training -> prefix rows
+        "item_id_list": torch.tensor([[3, 0, 0], [3, 5, 0], [3, 5, 3]]), "item_length": torch.tensor([1, 2, 3]),
+        "item_id": torch.tensor([5, 3, 7]),
+    })
+    config = {"ITEM_ID_FIELD": "item_id", "LIST_SUFFIX": "_list", "ITEM_LIST_LENGTH_FIELD": "item_length"}
+    counts = coldstart.training_counts(types.SimpleNamespace(config=config, inter_feat=rows), 9)
+    assert counts.tolist() == [0, 0, 0, 2, 0, 1, 0, 1, 0]
+    ranks = torch.tensor([0, 3, 12, 9])
+    split = coldstart.bucket_metrics(ranks, torch.tensor([0, 2, 2, 25]))
+    assert split["0"]["hit@10"] == 1.0 and split["1-4"]["rows"] == 2 and split["1-4"]["hit@10"] == 0.5
+    assert split[">=20"]["ndcg@10"] == pytest.approx(1 / math.log2(11)) and split["5-9"]["rows"] == 0
