@@ -23,7 +23,7 @@ import yaml
 from attributes import can_derive, prepare_working_copy
 from recbole_missrec.atomic import atomic_write_json
 from report import write_reports
-from variants import DEFAULT_VARIANTS, VARIANTS, expand_variants, run_config
+from variants import DEFAULT_VARIANTS, VARIANTS, checkpoint_of, expand_variants, parse_checkpoints, run_config
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 QUICK_BUDGET = {"epochs": 1, "stopping_step": 1, "s3rec_pretrain_epochs": 1}
@@ -37,7 +37,9 @@ def parse_args(argv=None):
     parser.add_argument("--data_path", default=None, help="folder holding <dataset>/")
     parser.add_argument("--models", nargs="+", default=DEFAULT_VARIANTS, help=f"variants, of {sorted(VARIANTS)}")
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
-    parser.add_argument("--pretrained", default=None, help="MISSRec checkpoint: adds the +pretrained variants")
+    parser.add_argument("--pretrained", nargs="+", default=[], metavar="[MODEL=]PATH",
+                        help="pre-training checkpoints (MODEL=PATH per family, or one PATH for all): adds the "
+                             "+pretrained twin of every chosen variant of those families")
     parser.add_argument("--epochs", type=int, default=None, help="cap on training epochs (overall.yaml: 300)")
     parser.add_argument("--stopping-step", type=int, default=None, help="early-stopping patience (overall.yaml: 10)")
     parser.add_argument("--s3rec-pretrain-epochs", type=int, default=10, help="S3Rec's pre-training epochs")
@@ -157,15 +159,15 @@ def plan(variants, seeds, folder, name):
     return [(variant, seed) for seed in seeds for variant in variants]
 
 
-def run_spec(args, variant_name, seed, name, data_path, work_dir, budget, overrides):
-    """What single_run.py needs to run one (variant, seed)."""
+def run_spec(args, variant_name, seed, name, data_path, work_dir, budget, overrides, checkpoints):
+    """What single_run.py needs to run one (variant, seed); ``checkpoints``: ``parse_checkpoints``'s."""
     variant = VARIANTS[variant_name]
     checkpoint_dir = os.path.join(work_dir, "saved", run_id(variant_name, seed))
     return {
         "variant": variant_name, "model": variant.model, "dataset": name,
         "config": run_config(variant, name, data_path, seed, budget, checkpoint_dir, overrides),
         "config_files": [os.path.abspath(path) for path in args.config_files],
-        "pretrained": os.path.abspath(args.pretrained) if variant.pretrained else None,
+        "pretrained": checkpoint_of(variant, checkpoints),
         "stages": list(variant.stages), "pretrain_epochs": budget["s3rec_pretrain_epochs"],
     }
 
@@ -175,12 +177,12 @@ def last_error_line(error):
     return lines[-1] if lines else error
 
 
-def sweep(args, folder, name, out_dir, work_dir):
+def sweep(args, folder, name, out_dir, work_dir, checkpoints):
     """Run every planned (variant, seed) that has no finished record, writing each record as it ends."""
     budget = budget_of(args)
     overrides = parse_overrides(args.overrides)
     run_budget = dict(budget, overrides=overrides)
-    pairs = plan(expand_variants(args.models, args.pretrained), args.seeds, folder, name)
+    pairs = plan(expand_variants(args.models, checkpoints), args.seeds, folder, name)
     data_path = prepare_working_copy(folder, os.path.join(work_dir, "data"))
     host = machine()
     print(f"{name}: {len(pairs)} runs, budget {budget}, overrides {overrides}, on {host['cpu']} ({host['cores']} cores)")
@@ -192,7 +194,7 @@ def sweep(args, folder, name, out_dir, work_dir):
             note = "" if done["budget"] == run_budget else f" (kept; its budget was {done['budget']})"
             print(f"{prefix} finished earlier, skipped{note}", flush=True)
             continue
-        spec = run_spec(args, variant_name, seed, name, data_path, work_dir, budget, overrides)
+        spec = run_spec(args, variant_name, seed, name, data_path, work_dir, budget, overrides, checkpoints)
         print(f"{prefix} running", flush=True)
         started = datetime.now(timezone.utc).isoformat(timespec="seconds")
         clock = perf_counter()
@@ -213,9 +215,10 @@ def main(argv=None):
     work_dir = os.path.abspath(args.work or os.path.join(HERE, "work", name))
     for sub in (os.path.join(out_dir, "runs"), os.path.join(work_dir, "logs"), os.path.join(work_dir, "specs")):
         os.makedirs(sub, exist_ok=True)
+    checkpoints = parse_checkpoints(args.pretrained)
     if not args.report_only:
-        sweep(args, folder, name, out_dir, work_dir)
-    print(write_reports(out_dir, name, expand_variants(args.models, args.pretrained), draw=not args.no_plot))
+        sweep(args, folder, name, out_dir, work_dir, checkpoints)
+    print(write_reports(out_dir, name, expand_variants(args.models, checkpoints), draw=not args.no_plot))
 
 
 if __name__ == "__main__":

@@ -37,6 +37,12 @@ VARIANTS = {
         Variant("MSM4SR", "MSM4SR", {"train_stage": "finetune"}),
         Variant("MSM4SR-inductive", "MSM4SR", {"train_stage": "inductive_ft"}),
         Variant("MSM4SR+in-domain-pretrain", "MSM4SR", {"train_stage": "finetune"}, stages=("pretrain", "finetune")),
+        # UniSRec, the same-protocol peer: from scratch, text only or text + IDs; and parameter-efficient
+        # fine-tuning of a (multi-domain) pre-training checkpoint (--pretrained UniSRec=PATH).
+        Variant("UniSRec-inductive", "UniSRec", {"train_stage": "inductive_ft"}),
+        Variant("UniSRec-transductive", "UniSRec", {"train_stage": "transductive_ft"}),
+        Variant("UniSRec-inductive+pretrained", "UniSRec", {"train_stage": "inductive_ft"}, pretrained=True),
+        Variant("UniSRec-transductive+pretrained", "UniSRec", {"train_stage": "transductive_ft"}, pretrained=True),
         Variant("SASRec", "SASRec"),
         Variant("GRU4Rec", "GRU4Rec", {"embedding_size": HIDDEN_SIZE}),
         Variant("BERT4Rec", "BERT4Rec"),
@@ -49,18 +55,37 @@ VARIANTS = {
 DEFAULT_VARIANTS = ["MISSRec-inductive", "MISSRec-transductive", "SASRec", "GRU4Rec", "BERT4Rec", "FDSA", "S3Rec"]
 
 
-def expand_variants(names, pretrained_path):
-    """Variant names to run: the requested ones, plus the ``+pretrained`` twin of every MISSRec variant
-    when a checkpoint is given."""
+def parse_checkpoints(values):
+    """``--pretrained`` values -> {model name: checkpoint path}: ``MODEL=PATH`` is one family's checkpoint, a
+    bare ``PATH`` (key None) serves every family that has no checkpoint of its own."""
+    models = {variant.model for variant in VARIANTS.values() if variant.pretrained}
+    checkpoints = {}
+    for value in values or []:
+        model, sep, path = value.partition("=")
+        if not (sep and model in models):
+            model, path = None, value
+        if model in checkpoints:
+            raise SystemExit(f"--pretrained gives {'every family' if model is None else model} two checkpoints")
+        checkpoints[model] = os.path.abspath(path)
+    return checkpoints
+
+
+def checkpoint_of(variant, checkpoints):
+    """The checkpoint a ``+pretrained`` variant fine-tunes from: its model's own, else the shared one, else None."""
+    return checkpoints.get(variant.model, checkpoints.get(None)) if variant.pretrained else None
+
+
+def expand_variants(names, checkpoints):
+    """Variant names to run: the requested ones, plus the ``+pretrained`` twin of every variant whose model has
+    a checkpoint (``parse_checkpoints``)."""
     unknown = [name for name in names if name not in VARIANTS]
     if unknown:
         raise SystemExit(f"unknown model variant(s) {unknown}; choose from {sorted(VARIANTS)}")
-    if not pretrained_path and any(VARIANTS[name].pretrained for name in names):
-        raise SystemExit("the +pretrained variants need --pretrained PATH")
-    chosen = list(names)
-    if pretrained_path:
-        chosen += [f"{name}+pretrained" for name in names if f"{name}+pretrained" in VARIANTS]
-    return list(dict.fromkeys(chosen))
+    orphans = [name for name in names if VARIANTS[name].pretrained and not checkpoint_of(VARIANTS[name], checkpoints)]
+    if orphans:
+        raise SystemExit(f"{orphans} need a pre-trained checkpoint: --pretrained {VARIANTS[orphans[0]].model}=PATH")
+    twins = [f"{name}+pretrained" for name in names if f"{name}+pretrained" in VARIANTS]
+    return list(dict.fromkeys(list(names) + [twin for twin in twins if checkpoint_of(VARIANTS[twin], checkpoints)]))
 
 
 def interaction_columns(data_path, dataset):

@@ -8,13 +8,15 @@ import sys
 import pytest
 import yaml
 
-from conftest import ROOT, write_benchmark_dataset
+from conftest import ROOT, tiny_pretrain_config, write_benchmark_dataset, write_pretrain_dataset
+from recbole_missrec.quick_start import run_recbole_missrec
 
 BENCHMARKS = os.path.join(ROOT, "benchmarks")
 sys.path.insert(0, BENCHMARKS)
 
 from attributes import category_path, category_tokens, prepare_working_copy  # noqa: E402
 from report import mean_std  # noqa: E402
+from variants import expand_variants, parse_checkpoints  # noqa: E402
 
 TOY_LAYOUT = {
     "benchmark_filename": ["train", "valid", "test"], "alias_of_item_id": ["item_id_list"],
@@ -117,6 +119,32 @@ def test_quick_sweep_runs_the_msm4sr_variants(toy):
     two_stage = runs["MSM4SR+in-domain-pretrain"]
     assert two_stage["pretrain_epochs"] == 1 and two_stage["transfer"]["new"] == ["item_embedding.weight"]
     assert "trm_encoder.layer.0.multi_head_attention.query.weight" in two_stage["transfer"]["loaded"]
+
+
+def test_each_family_fine_tunes_from_its_own_checkpoint():
+    checkpoints = parse_checkpoints(["UniSRec=u.pth"])
+    assert checkpoints == {"UniSRec": os.path.abspath("u.pth")}
+    chosen = expand_variants(["MISSRec-inductive", "UniSRec-transductive", "SASRec"], checkpoints)
+    assert chosen == ["MISSRec-inductive", "UniSRec-transductive", "SASRec", "UniSRec-transductive+pretrained"]
+    shared = parse_checkpoints(["all.pth", "UniSRec=u.pth"])  # a bare path serves the families without their own
+    assert len(expand_variants(["MISSRec-inductive", "UniSRec-inductive"], shared)) == 4
+    with pytest.raises(SystemExit, match="MISSRec=PATH"):
+        expand_variants(["MISSRec-inductive+pretrained"], checkpoints)
+
+
+def test_quick_sweep_runs_unisrec_from_scratch_and_from_its_pretraining(toy):
+    """A UniSRec checkpoint pre-trained elsewhere (text only, the benchmark's width 300) fine-tuned with a
+    frozen backbone, beside the same variant from scratch."""
+    write_pretrain_dataset(toy / "pretraining")
+    config = tiny_pretrain_config(toy / "pretraining", epochs=1, hidden_size=300, inner_size=256)
+    checkpoint = run_recbole_missrec("UniSRec", "pt", config_dict=config)["checkpoint"]
+    run_harness(toy, "--models", "UniSRec-transductive", "--seeds", "1", "--pretrained", f"UniSRec={checkpoint}")
+    runs = {run["variant"]: run for run in json.loads((toy / "out" / "results.json").read_text())["runs"]}
+    assert {name: run["status"] for name, run in runs.items()} == dict.fromkeys(
+        ["UniSRec-transductive", "UniSRec-transductive+pretrained"], "ok")
+    transferred = runs["UniSRec-transductive+pretrained"]
+    assert transferred["pretrained"] == checkpoint and transferred["transfer"]["new"] == ["item_embedding.weight"]
+    assert transferred["trainable_params"] < transferred["total_params"] == runs["UniSRec-transductive"]["total_params"]
 
 
 def test_failed_run_is_recorded_and_the_sweep_goes_on(toy):

@@ -8,7 +8,7 @@
   reference code's scatter actually behaved (``reference``).
 - ``modality_presence`` and ``presence_weights``: which item-modality tokens are real when a modality is
   missing, and the weights of a mean over the real ones.
-- ``MoEAdaptor``: the mixture-of-experts feature adaptor of UniSRec and MSM4SR.
+- ``MoEAdaptor``: the mixture-of-experts feature adaptor of UniSRec (whitening experts, noisy gates) and MSM4SR.
 - ``normal_init`` and ``transfer_weights``: the references' weight initialisation, and loading a pre-trained
   state dict by name with a report of what was transferred.
 """
@@ -18,6 +18,7 @@ from torch import nn
 
 DUPLICATE_MODES = ("none", "zero_logit", "exclude")
 ITEM_DROP_MODES = ("delete", "reference")
+MOE_NOISE_FLOOR = 1e-2  # least std of the noisy gates' noise (UniSRec)
 
 
 def full_softmax_ce(logits, target):
@@ -126,15 +127,18 @@ class MoEAdaptor(nn.Module):
     ``softmax(x W_g)`` (W_g starts at 0: uniform gates).
 
     expert ``linear_ln`` (MSM4SR): Linear -> Dropout -> LayerNorm. ``whitening`` (UniSRec's parametric
-    whitening): (x - b) -> Dropout -> Linear without bias.
+    whitening): Dropout(x) - b -> Linear without bias; the learned b centres the features and, as in UniSRec's
+    code, the dropout acts on the features before it. ``noise`` (UniSRec): in training the gate logits get
+    Gaussian noise of std softplus(x W_n) + 0.01, W_n learned from 0 (off: MSM4SR, and every evaluation).
     """
 
-    def __init__(self, n_exps, in_dim, out_dim, dropout=0.2, expert="linear_ln", layer_norm_eps=1e-12):
+    def __init__(self, n_exps, in_dim, out_dim, dropout=0.2, expert="linear_ln", layer_norm_eps=1e-12, noise=False):
         super().__init__()
         if expert not in ("linear_ln", "whitening"):
             raise ValueError(f"MoE expert {expert!r} is not supported; use linear_ln or whitening")
         self.expert = expert
         self.gate = nn.Parameter(torch.zeros(in_dim, n_exps))
+        self.noise_gate = nn.Parameter(torch.zeros(in_dim, n_exps)) if noise else None
         self.dropout = nn.Dropout(dropout)
         if expert == "linear_ln":
             self.experts = nn.ModuleList(nn.Linear(in_dim, out_dim) for _ in range(n_exps))
@@ -147,12 +151,18 @@ class MoEAdaptor(nn.Module):
             for linear in self.experts:
                 nn.init.normal_(linear.weight, std=0.02)
 
+    def gates(self, x):  # x: [..., D] -> [..., E]
+        logits = x @ self.gate
+        if self.noise_gate is not None and self.training:
+            logits = logits + torch.randn_like(logits) * (F.softplus(x @ self.noise_gate) + MOE_NOISE_FLOOR)
+        return torch.softmax(logits, dim=-1)
+
     def forward(self, x):  # x: [..., D] -> [..., d]
-        gates = torch.softmax(x @ self.gate, dim=-1).unsqueeze(-2)  # [..., 1, E]
+        gates = self.gates(x).unsqueeze(-2)  # [..., 1, E]
         if self.expert == "linear_ln":
             outputs = [norm(self.dropout(linear(x))) for linear, norm in zip(self.experts, self.norms)]
         else:
-            outputs = [linear(self.dropout(x - bias)) for linear, bias in zip(self.experts, self.bias)]
+            outputs = [linear(self.dropout(x) - bias) for linear, bias in zip(self.experts, self.bias)]
         return (gates @ torch.stack(outputs, dim=-2)).squeeze(-2)  # [..., 1, E] @ [..., E, d]
 
 
