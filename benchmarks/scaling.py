@@ -87,8 +87,9 @@ class _Config(dict):
         return None
 
 
-def scoring_model(n_items, feature_dim, mode):
-    """A MISSRec over n_items random items with two modalities, built without a RecBole dataset."""
+def scoring_model(n_items, feature_dim, mode, stores=None):
+    """A MISSRec with random weights over two modalities, built without a RecBole dataset: over n_items
+    random items, or over ``stores`` ({"text", "img"}: FeatureStore) when given."""
     import types
 
     import torch
@@ -104,10 +105,12 @@ def scoring_model(n_items, feature_dim, mode):
     config.update(USER_ID_FIELD="user_id", ITEM_ID_FIELD="item_id", LIST_SUFFIX="_list", NEG_PREFIX="neg_",
                   ITEM_LIST_LENGTH_FIELD="item_length", MAX_ITEM_LIST_LENGTH=50, device="cpu",
                   train_stage=mode, num_interest=64, hidden_size=HIDDEN)
-    generator = torch.Generator().manual_seed(0)
-    stores = {name: store_from_rows(torch.randn(n_items, feature_dim, generator=generator).numpy())
-              for name in ("text", "img")}
-    dataset = types.SimpleNamespace(num=lambda field: n_items, item_features=stores)
+    if stores is None:
+        generator = torch.Generator().manual_seed(0)
+        stores = {name: store_from_rows(torch.randn(n_items, feature_dim, generator=generator).numpy())
+                  for name in ("text", "img")}
+    n_rows = len(stores["text"].present)
+    dataset = types.SimpleNamespace(num=lambda field: n_rows, item_features=stores)
     return MISSRec(config, dataset).eval()
 
 

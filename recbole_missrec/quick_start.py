@@ -9,6 +9,7 @@ early stopping and is tested. RecBole's models (S3Rec's pre-training included) t
 Under ``torchrun`` every stage of a plugin model runs data-parallel.
 """
 import logging
+import os
 import resource
 import sys
 from logging import getLogger
@@ -232,8 +233,8 @@ def load_data_and_model(model_file, data_path=None, config_dict=None):
         raise CheckpointError(f"{model_file} records no config (written by an older version of the plugin): "
                               f"retrain, or rebuild the run with run_recbole_missrec and load its state_dict")
     stored = dict(checkpoint["config"], **(config_dict or {}))
-    if data_path is not None:
-        stored["data_path"] = data_path
+    # The stored data_path is RecBole's resolved <data_path>/<dataset>; Config joins the dataset name again.
+    stored["data_path"] = data_path if data_path is not None else os.path.dirname(stored["data_path"])
     config = PluginConfig(model=stored.pop("model"), dataset=stored.pop("dataset"), config_dict=stored)
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)

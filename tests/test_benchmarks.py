@@ -160,6 +160,21 @@ def test_mean_std_over_seeds():
     assert mean_std([0.25]) == "0.2500"
 
 
+def test_serving_quick_writes_its_figures(tmp_path):
+    out = tmp_path / "serving"
+    command = [sys.executable, os.path.join(BENCHMARKS, "serving.py"), "--quick", "--out", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1"))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    figures = json.loads((out / "serving.json").read_text())
+    (row,) = figures["rows"]
+    assert row["items"] == 3000 and row["indexes"] == {"fused": 3000}  # 200 model items + 2,800 added
+    (point,) = row["two_stage"]
+    assert point["recall_at_10"] >= 0.9 and 0 < point["p50_ms"] <= point["p99_ms"]
+    assert row["add_items_s"] > 0 and row["index_build_s"] > 0 and row["index_mb"] > 0
+    assert "| items | k' / efSearch | recall@10 |" in (out / "serving.md").read_text()
+
+
 def test_scaling_quick_writes_its_figures(tmp_path):
     out = tmp_path / "scaling"
     command = [sys.executable, os.path.join(BENCHMARKS, "scaling.py"), "--quick", "--out", str(out)]

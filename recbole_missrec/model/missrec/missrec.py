@@ -10,7 +10,9 @@ flags (``views.py``); ``inductive_ft``/``transductive_ft`` fine-tune with full-s
 optionally from a pre-trained state dict (``load_pretrained``, ``freeze_backbone``).
 
 Hooks the plugin's trainers call: ``on_epoch_start`` (interest discovery), ``prepare_batch`` (pre-training
-views) and ``gather_rows`` (in-batch negatives from every data-parallel rank, set by the trainer).
+views) and ``gather_rows`` (in-batch negatives from every data-parallel rank, set by the trainer). The
+serving protocol (``recbole_missrec/serving/__init__.py``): ``add_items``, ``retrieval_vectors``,
+``query_vectors``, ``item_embeddings``, with ``forward`` and ``score``.
 """
 import math
 from functools import partial
@@ -22,10 +24,11 @@ from torch import nn
 
 from recbole_missrec.data.dataset import AUGMENTED_TEXT
 from recbole_missrec.model.layers import (
-    duplicate_mask, full_softmax_ce, in_batch_infonce, local_rows, modality_presence, normal_init, transfer_weights,
+    duplicate_mask, full_softmax_ce, in_batch_infonce, local_rows, modality_presence, normal_init, presence_weights,
+    transfer_weights,
 )
 from recbole_missrec.model.missrec.fusion import fuse_modalities, mix_id_score
-from recbole_missrec.model.missrec.interest import dpc_knn, kmeans, num_interests, unique_per_row
+from recbole_missrec.model.missrec.interest import assign, dpc_knn, kmeans, num_interests, unique_per_row
 from recbole_missrec.model.missrec.losses import diversity_penalty
 from recbole_missrec.model.missrec.views import VIEW_SEQ, VIEW_SEQ_LEN, VIEW_WORD_DROP, add_views
 
@@ -33,6 +36,7 @@ from recbole_missrec.model.missrec.views import VIEW_SEQ, VIEW_SEQ_LEN, VIEW_WOR
 DOMAIN_SPECIFIC = ("interest_centroids", "interest_lookup", "interests_ready", "item_embedding.weight")
 DIMENSIONS = ("hidden_size, inner_size, n_layers, MAX_ITEM_LIST_LENGTH, or the feature widths plm_size / img_size "
               "of the text and image encoders")
+ADD_ITEMS_CHUNK = 65536  # new items whose tokens add_items assigns to interests at a time
 SEQ_FUSIONS = {"add": "add", "contextual": "contextual", "stack": "contextual"}
 ITEM_FUSIONS = ("dynamic_shared", "static")
 
@@ -207,7 +211,7 @@ class MISSRec(SequentialRecommender):
         position = self.position_embedding(torch.arange(item_seq.shape[1], device=item_seq.device))
         extra = position.unsqueeze(0)  # [1, L, d]
         if self.item_embedding is not None:
-            extra = extra + self.item_embedding(item_seq)
+            extra = extra + self.item_embedding(self._id_rows(item_seq))
         padding = item_seq == 0  # [B, L]
         if self.seq_mm_fusion == "add":
             tokens = tokens.sum(dim=-2) + extra
@@ -267,10 +271,23 @@ class MISSRec(SequentialRecommender):
         candidates = F.normalize(tokens, dim=-1) if tokens is not None else self.candidate_tokens(item_ids)
         logits = self.modal_score(seq_output, candidates, self.item_present[item_ids], paired)
         if self.item_embedding is not None:
-            ids = F.normalize(self.item_embedding(item_ids), dim=-1)
+            ids = self._id_vectors(item_ids)
             id_cosine = (seq_output * ids).sum(-1) if paired else seq_output @ ids.T
-            logits = mix_id_score(id_cosine, logits)
+            # Items added after training (add_items) have no ID embedding: the modality score alone.
+            logits = torch.where(self._has_id(item_ids), mix_id_score(id_cosine, logits), logits)
         return logits / self.temperature
+
+    def _has_id(self, item_ids):
+        """Whether items have a trained ID embedding (False for items added by ``add_items``)."""
+        return item_ids < self.item_embedding.num_embeddings
+
+    def _id_rows(self, item_ids):
+        """Rows of the ID table; items without one read the padding row (zeros)."""
+        return item_ids.masked_fill(~self._has_id(item_ids), 0)
+
+    def _id_vectors(self, item_ids):
+        """L2-normalised ID embeddings [*item_ids.shape, d]; zeros for items without one."""
+        return F.normalize(self.item_embedding(self._id_rows(item_ids)), dim=-1)
 
     def _score_all_items(self, interaction):
         """Logits of every item [B, N], the interest memory and its mask. The adapters run once over all
@@ -323,6 +340,85 @@ class MISSRec(SequentialRecommender):
 
     def full_sort_predict(self, interaction):
         return self._score_all_items(interaction)[0]
+
+    # ---- serving (protocol: recbole_missrec/serving/__init__.py) ---------------------------------
+    @torch.no_grad()
+    def add_items(self, stores):
+        """Append items ``n_items ..`` from their features alone (``stores``: {store name: FeatureStore of
+        the new rows, no padding row}), so that they are candidates at once. Each new item-modality token
+        joins its nearest saved interest (the k-means metric), so new items in a history feed the
+        contextual encoder too; interests are not re-discovered. Returns a note for the caller."""
+        if self.train_stage == "pretrain" or not bool(self.interests_ready):
+            raise RuntimeError("add_items needs a fine-tuned MISSRec whose interests were discovered in training")
+        missing = torch.stack([~stores[m].present for m in self.modalities], dim=1).to(self.item_present.device)
+        present = modality_presence(missing, self.mask_missing_modality)  # [n, M]
+        for m in self.modalities:
+            features = getattr(self, f"{m}_features")
+            setattr(self, f"{m}_features", torch.cat([features, stores[m].pooled().to(features)]))
+        self.item_present = torch.cat([self.item_present, present])
+        first, n = self.n_items, present.shape[0]
+        self.n_items += n
+        lookup = torch.zeros_like(present, dtype=torch.long)  # [n, M]
+        for start in range(0, n, ADD_ITEMS_CHUNK):  # bounds the [chunk, M, d] tokens
+            rows = slice(start, start + ADD_ITEMS_CHUNK)
+            ids = torch.arange(first + start, first + min(n, start + ADD_ITEMS_CHUNK), device=present.device)
+            labels, _ = assign(self.modality_tokens(ids)[present[rows]], self.interest_centroids[1:])
+            lookup[rows][present[rows]] = labels + 1
+        self.interest_lookup = torch.cat([self.interest_lookup, lookup])
+        note = (f"{n} new item{'s' * (n != 1)}: their {int(present.sum())} item-modality tokens joined "
+                f"{torch.unique(lookup[present]).numel()} of the {self.n_interests} saved interests (nearest centroid)")
+        if self.item_embedding is not None:
+            note += ("; transductive model: new items have no ID embedding, so they are scored by the fused "
+                     "modality cosine alone (the ID term is absent) and add no ID vector in a history")
+        return note
+
+    @torch.no_grad()
+    def retrieval_vectors(self, item_ids):
+        """{index name: (vectors [C, d], usable [C] bool)} whose inner products with the sequence vector bound
+        ``score`` (times the temperature), so that an index's top items hold the top-scoring ones.
+
+        ``fused``: the mean of an item's normalised present modality tokens (transductive, items with an ID:
+        ``(id + 2 * mean) / 3``). Its inner product is the score under static fusion or f = 0, and an upper
+        bound with f < 0 (the softmax then leans on the smaller cosine). With f > 0 the score can exceed it,
+        up to the largest single-modality term: then one more index per modality (its token, mixed with the
+        ID as above) bounds it from above."""
+        tokens = self.candidate_tokens(item_ids)  # [C, M, d]
+        present = self.item_present[item_ids]  # [C, M]
+        weights = presence_weights(present, tokens.dtype).unsqueeze(-1)  # [C, M, 1]
+        vectors = {"fused": ((tokens * weights).sum(1), present.any(1))}  # [C, d], [C]
+        for i, m in enumerate(self._retrieval_names()[1:]):
+            vectors[m] = (tokens[:, i], present[:, i])
+        if self.item_embedding is not None:
+            has_id, ids = self._has_id(item_ids).unsqueeze(-1), self._id_vectors(item_ids)
+            vectors = {name: (torch.where(has_id, mix_id_score(ids, term), term), usable)
+                       for name, (term, usable) in vectors.items()}
+        return vectors
+
+    def query_vectors(self, seq_output):
+        """{index name: [B, d]}: every index is searched with the sequence vector."""
+        return {name: seq_output for name in self._retrieval_names()}
+
+    def _retrieval_names(self):
+        """``fused``, plus the modalities when dynamic fusion with f > 0 can exceed it (``retrieval_vectors``)."""
+        by_modality = self.fusion_factor is not None and float(self.fusion_factor) > 0
+        return ["fused"] + (self.modalities if by_modality else [])
+
+    @torch.no_grad()
+    def item_embeddings(self, item_ids):
+        """What ``score`` uses, for export: ``modality_tokens`` [C, M, d] (normalised, modality order
+        ``self.modalities``), ``present`` [C, M], ``fusion_factor`` f (0-d; absent with static fusion),
+        ``temperature``; transductive also ``id`` [C, d] (normalised) and ``has_id`` [C].
+
+        score(s, item) = fused / temperature with cos_m = s . modality_tokens[m] over present m, weights
+        softmax(f * cos) (static: the mean), fused = sum_m w_m cos_m; transductive items with an ID:
+        fused = (s . id + 2 * fused) / 3. ``s`` is the L2-normalised sequence vector (``forward``)."""
+        out = {"modality_tokens": self.candidate_tokens(item_ids), "present": self.item_present[item_ids],
+               "temperature": torch.tensor(self.temperature)}
+        if self.fusion_factor is not None:
+            out["fusion_factor"] = self.fusion_factor.detach()
+        if self.item_embedding is not None:
+            out["id"], out["has_id"] = self._id_vectors(item_ids), self._has_id(item_ids)
+        return out
 
     # ---- transfer --------------------------------------------------------------------------------
     def load_pretrained(self, state_dict):
