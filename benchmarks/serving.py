@@ -5,20 +5,21 @@ scoring, on catalogues of 100k and 1M items, one thread.
     python benchmarks/serving.py                          # random weights over the real CLIP features
     python benchmarks/serving.py --quick --out /tmp/s     # tiny sizes, random weights and features (tests)
 
-Model: the bundle's (``--bundle``: e.g. MISSRec inductive_ft trained one epoch on Scientific_mm_subset),
-else a MISSRec with random weights at hidden size 300 over the real rows of ``--features`` (default: the
-Scientific_mm_subset CLIP text and image features in ../shared/data). Catalogue: the model's items plus new
-items added through ``Recommender.add_items`` up to N. A new item's rows are a real item's, mixed with a
-second real item's (weight ~ U(0, mix)) plus Gaussian noise (noise x the per-dimension std of the real rows),
-text and image from the same pair: the catalogue keeps the real features' structure (clusters, text-image
-alignment) at N items, rather than uniform noise. Queries: the test histories of the bundle's dataset when
-its files are where the bundle says, else random histories of the model's items.
+Model: the bundle's (``--bundle``: e.g. MISSRec inductive_ft trained one epoch on Scientific_mm_subset), else
+a MISSRec with random weights at hidden size 300 over the real rows of the Scientific_mm_subset CLIP text
+and image features in ../shared/data. Catalogue: the model's items plus new
+items added through ``Recommender.add_items`` (250k per call) up to N. A new item's rows are a real item's,
+mixed with a second real item's (weight ~ U(0, mix)) plus Gaussian noise (noise x the per-dimension std of the
+real rows), text and image from the same pair: the catalogue keeps the real features' structure (clusters,
+text-image alignment) at N items, rather than uniform noise. Queries: the test histories of the bundle's
+dataset when its files are where the bundle says, else random histories of the model's items.
 
 Per size: seconds to add the items and to build the index, index memory, exact scoring's time per history
-(batched, as in evaluation: one history alone pays the adapters over the whole catalogue), and for each
-(k', efSearch) of the sweep the p50/p99 wall and CPU latency of one history's top-10 (one
-``Recommender.recommend`` call per history) and its recall@10 against exact scoring. A size whose estimated memory exceeds 70% of
-what the machine has available is skipped and says so. Writes <out>/serving.json and serving.md atomically.
+(batched, as in evaluation: one history alone pays the adapters over the whole catalogue), and for each index
+kind and (k', search effort) of the sweep the p50/p99 wall and CPU latency of one history's top-10 (one
+``Recommender.recommend`` call per history) and its recall@10 against exact scoring. A size whose estimated
+memory exceeds 70% of what the machine has available is skipped and says so. Writes <out>/serving.json and
+serving.md atomically.
 """
 import argparse
 import csv
@@ -37,16 +38,23 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 SHARED = os.path.join(os.path.dirname(os.path.dirname(HERE)), "shared", "data", "Scientific_mm_subset")
 DEFAULT_FEATURES = {"text": os.path.join(SHARED, "Scientific_mm_subset.feat1CLS"),
                     "img": os.path.join(SHARED, "Scientific_mm_subset.feat3CLS")}
-FULL = {"sizes": [100_000, 1_000_000], "queries": 500, "exact_batch": 100, "k": 10,
-        "sweep": [[50, 128], [100, 256], [200, 512]], "hnsw_m": 32, "ef_construction": 80, "mix": 0.3, "noise": 0.3,
-        "feature_dim": 512}
-QUICK = dict(FULL, sizes=[3000], queries=30, sweep=[[50, 128]], feature_dim=32)
+# Per index kind: its build options and the (k', search effort) points measured; the effort is the IVF's
+# nprobe (cells searched) or the HNSW's efSearch.
+FULL = {"sizes": [100_000, 1_000_000], "queries": 500, "exact_batch": 100, "k": 10, "mix": 0.3, "noise": 0.3,
+        "feature_dim": 512,
+        "indexes": {"ivf": {"options": {}, "sweep": [[50, 32], [50, 64], [50, 128]]},
+                    "hnsw": {"options": {"hnsw_m": 32, "ef_construction": 80}, "sweep": [[50, 256]]}}}
+QUICK = dict(FULL, sizes=[3000], queries=30, feature_dim=32,
+             indexes={"ivf": {"options": {}, "sweep": [[50, 32]]}, "hnsw": {"options": {}, "sweep": [[50, 128]]}})
+EFFORT = {"ivf": "nprobe", "hnsw": "ef_search"}
 GENERATE_CHUNK = 100_000
+ADD_CHUNK = 250_000  # new items per add_items call
 
 
 def cpu_name():
     with open("/proc/cpuinfo") as handle:
-        return next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), platform.processor())
+        names = [line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")]
+    return names[0] if names else platform.processor()
 
 
 def synthetic_features(base, n, mix, noise, seed=0):
@@ -71,13 +79,15 @@ class Source:
     def __init__(self, args, settings):
         self.bundle = args.bundle
         self.settings = settings
+        recommender = self.recommender()
         if args.bundle:
-            self.description = f"bundle {os.path.abspath(args.bundle)} (trained weights)"
+            manifest = recommender._bundle.manifest
+            self.description = (f"{manifest['model']} {manifest['train_stage']} with trained weights, trained on "
+                                f"{manifest['source']['dataset']} (bundle {os.path.abspath(args.bundle)})")
         elif args.quick:
             self.description = "random weights, hidden 300, over 200 random clustered 32-d rows per modality"
         else:
             self.description = f"random weights, hidden 300, over the real rows of {DEFAULT_FEATURES}"
-        recommender = self.recommender()
         stores = recommender.stores
         everywhere = np.logical_and.reduce([store.present.numpy() for store in stores.values()])
         everywhere[0] = False
@@ -132,13 +142,15 @@ class Source:
         return [[recommender.tokens[i] for i in rng.integers(1, len(recommender.tokens), rng.integers(5, 21))]
                 for _ in range(count)]
 
-    def needed_mb(self, n):
-        """Features kept twice (the recommender's stores, the model's buffers) plus the new rows while they
-        are added, and per index the vectors, ids and graph links."""
+    def needed_mb(self, n, recommender):
+        """Features kept twice (the recommender's stores, the model's buffers) plus one table's copy while
+        it grows, and per index of the model the vectors, ids and graph links."""
+        import torch
+
         features = sum(rows.shape[1] for rows in self.base.values()) * 4
-        hidden = 300
-        index = (len(self.base) + 1) * (hidden * 4 + 8 + self.settings["hnsw_m"] * 2 * 4 * 1.1)
-        return n * (3 * features + index) / 2**20 + 1500
+        vectors = recommender.model.retrieval_vectors(torch.arange(1, 2))
+        index = sum(v.shape[1] * 4 + 8 + 32 * 2 * 4 * 1.1 for v, _ in vectors.values())  # HNSW, 32 links
+        return n * (2.5 * features + index) / 2**20 + 1500
 
 
 def percentiles(seconds):
@@ -158,45 +170,51 @@ def timed_calls(recommender, histories, k):
 
 def measure(source, n, settings):
     row = {"items": n}
-    needed = source.needed_mb(n)
+    recommender = source.recommender()
+    needed = source.needed_mb(n, recommender)
     if needed > 0.7 * (available_mb() or float("inf")):
         return dict(row, skipped=f"needs about {needed / 1024:.1f} GB, {available_mb() / 1024:.1f} GB available")
-    recommender = source.recommender()
     new = n - (len(recommender.tokens) - 1)
-    features = synthetic_features(source.base, new, settings["mix"], settings["noise"])
-    start, start_cpu = perf_counter(), time.process_time()
-    recommender.add_items([f"new{i}" for i in range(new)], features)
-    row["add_items_s"], row["add_items_cpu_s"] = perf_counter() - start, time.process_time() - start_cpu
-    del features
+    row["add_items_s"] = row["add_items_cpu_s"] = 0.0
+    for first in range(0, new, ADD_CHUNK):  # the generated rows of one call at a time
+        count = min(ADD_CHUNK, new - first)
+        features = synthetic_features(source.base, count, settings["mix"], settings["noise"], seed=first)
+        start, start_cpu = perf_counter(), time.process_time()
+        recommender.add_items([f"new{i}" for i in range(first, first + count)], features)
+        row["add_items_s"] += perf_counter() - start
+        row["add_items_cpu_s"] += time.process_time() - start_cpu
+        del features
     gc.collect()
-    start, start_cpu = perf_counter(), time.process_time()
-    index = recommender.build_index(k_prime=settings["sweep"][0][0], hnsw_m=settings["hnsw_m"],
-                                    ef_construction=settings["ef_construction"])
-    row["index_build_s"], row["index_build_cpu_s"] = perf_counter() - start, time.process_time() - start_cpu
-    row["index_mb"] = index.memory_bytes() / 2**20
-    row["indexes"] = {name: index.size(name) for name in index.indexes}
-
     k, histories = settings["k"], source.histories
-    recommender.index = None
     start, start_cpu = perf_counter(), time.process_time()
     exact = recommender.recommend(histories, k=k, batch_size=settings["exact_batch"])
     row["exact_ms_per_history"] = 1000 * (perf_counter() - start) / len(histories)
     row["exact_cpu_ms_per_history"] = 1000 * (time.process_time() - start_cpu) / len(histories)
-    recommender.index = index
     row["two_stage"] = []
-    for k_prime, ef_search in settings["sweep"]:
-        recommender.k_prime, index.ef_search = k_prime, ef_search
-        found, wall, cpu = timed_calls(recommender, histories, k)
-        recall = np.mean([len(set(a["items"]) & set(e["items"])) / max(1, len(e["items"])) for a, e in zip(found, exact)])
-        row["two_stage"].append(dict(percentiles(wall), k_prime=k_prime, ef_search=ef_search, recall_at_10=float(recall),
-                                     cpu_p50_ms=percentiles(cpu)["p50_ms"], cpu_p99_ms=percentiles(cpu)["p99_ms"]))
+    for kind, plan in settings["indexes"].items():
+        start, start_cpu = perf_counter(), time.process_time()
+        index = recommender.build_index(kind=kind, **plan["options"])
+        built = {"index": kind, "build_s": perf_counter() - start, "build_cpu_s": time.process_time() - start_cpu,
+                 "index_mb": index.memory_bytes() / 2**20, "sizes": {name: index.size(name) for name in index.indexes}}
+        for k_prime, effort in plan["sweep"]:
+            recommender.k_prime = k_prime
+            setattr(index, EFFORT[kind], effort)
+            found, wall, cpu = timed_calls(recommender, histories, k)
+            recall = np.mean([len(set(a["items"]) & set(e["items"])) / max(1, len(e["items"]))
+                              for a, e in zip(found, exact)])
+            row["two_stage"].append(dict(built, **percentiles(wall), k_prime=k_prime, effort=effort,
+                                         recall_at_10=float(recall), cpu_p50_ms=percentiles(cpu)["p50_ms"],
+                                         cpu_p99_ms=percentiles(cpu)["p99_ms"]))
+        recommender.index = index = None
+        gc.collect()
     return row
 
 
-COLUMNS = [("items", "{items:,}"), ("k' / efSearch", "{k_prime} / {ef_search}"), ("recall@10", "{recall_at_10:.4f}"),
-           ("two-stage p50 ms", "{p50_ms:.2f}"), ("p99 ms", "{p99_ms:.2f}"), ("CPU p50 ms", "{cpu_p50_ms:.2f}"),
+COLUMNS = [("items", "{items:,}"), ("index", "{index}"), ("k' / effort", "{k_prime} / {effort}"),
+           ("recall@10", "{recall_at_10:.4f}"), ("two-stage p50 ms", "{p50_ms:.2f}"), ("p99 ms", "{p99_ms:.2f}"),
+           ("CPU p50 ms", "{cpu_p50_ms:.2f}"), ("CPU p99 ms", "{cpu_p99_ms:.2f}"),
            ("exact CPU ms / history", "{exact_cpu_ms_per_history:.1f}"), ("add_items CPU s", "{add_items_cpu_s:.1f}"),
-           ("index build CPU s", "{index_build_cpu_s:.1f}"), ("index MB", "{index_mb:.0f}")]
+           ("index build CPU s", "{build_cpu_s:.1f}"), ("index MB", "{index_mb:.0f}")]
 
 
 def table_rows(rows):
@@ -204,7 +222,7 @@ def table_rows(rows):
     flat = []
     for row in rows:
         if "skipped" in row:
-            flat.append({"items": row["items"], "k_prime": "-", "ef_search": "-", "skipped": row["skipped"]})
+            flat.append({"items": row["items"], "index": "-", "skipped": row["skipped"]})
             continue
         for point in row["two_stage"]:
             flat.append(dict(row, **point))

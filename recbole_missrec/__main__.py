@@ -35,7 +35,7 @@ def _recommend(args):
     histories = _read_histories(args.histories) if args.histories else [args.history]
     recommender = Recommender.load(args.bundle)
     if args.ann:
-        recommender.build_index(k_prime=args.k_prime)
+        recommender.build_index(k_prime=args.k_prime, nprobe=args.nprobe)
     results = recommender.recommend(histories, k=args.k, exclude_history=args.exclude_history)
     return {"k": args.k, "candidates": "two-stage" if args.ann else "exact", "notes": recommender.notes,
             "results": [dict(result, history=history) for history, result in zip(histories, results)]}
@@ -88,7 +88,8 @@ def parser():
     recommend.add_argument("-k", type=int, default=10)
     recommend.add_argument("--exclude-history", action="store_true", help="leave each history's items out")
     recommend.add_argument("--ann", action="store_true", help="two-stage: approximate candidates, exact ranking")
-    recommend.add_argument("--k-prime", type=int, default=100, help="candidates per index with --ann")
+    recommend.add_argument("--k-prime", type=int, default=50, help="candidates per index with --ann")
+    recommend.add_argument("--nprobe", type=int, default=64, help="inverted-file cells searched with --ann")
     recommend.set_defaults(run=_recommend)
     add = verbs.add_parser("add-items", help="add new items to a bundle from their features")
     add.add_argument("--bundle", required=True)

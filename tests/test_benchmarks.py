@@ -168,11 +168,13 @@ def test_serving_quick_writes_its_figures(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     figures = json.loads((out / "serving.json").read_text())
     (row,) = figures["rows"]
-    assert row["items"] == 3000 and row["indexes"] == {"fused": 3000}  # 200 model items + 2,800 added
-    (point,) = row["two_stage"]
-    assert point["recall_at_10"] >= 0.9 and 0 < point["p50_ms"] <= point["p99_ms"]
-    assert row["add_items_s"] > 0 and row["index_build_s"] > 0 and row["index_mb"] > 0
-    assert "| items | k' / efSearch | recall@10 |" in (out / "serving.md").read_text()
+    assert row["items"] == 3000 and row["add_items_s"] > 0 and row["exact_cpu_ms_per_history"] > 0
+    assert [point["index"] for point in row["two_stage"]] == ["ivf", "hnsw"]
+    for point in row["two_stage"]:
+        assert point["sizes"] == {"fused": 3000}  # 200 model items + 2,800 added
+        assert point["recall_at_10"] >= 0.9 and 0 < point["p50_ms"] <= point["p99_ms"]
+        assert point["build_s"] > 0 and point["index_mb"] > 0
+    assert "| items | index | k' / effort | recall@10 |" in (out / "serving.md").read_text()
 
 
 def test_scaling_quick_writes_its_figures(tmp_path):

@@ -8,7 +8,8 @@ dataset)``, from the bundle's plain config and an object with ``num(item field)`
 
 ``forward(item_seq [B, L], item_seq_len [B]) -> query [B, ...]``
     RecBole's: the sequence representation; the core passes it back to ``score`` and ``query_vectors``
-    and hands it out as ``sequence_embeddings``.
+    and hands it out as ``sequence_embeddings``. Histories are right-padded to the batch's longest one
+    (L <= ``max_seq_length``), as RecBole's positions allow.
 ``score(query, item_ids [C]) -> [B, C]``
     exact scores of the given candidates, equal to ``full_sort_predict``'s columns for them.
 ``add_items(stores) -> str | None``

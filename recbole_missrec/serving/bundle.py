@@ -13,7 +13,8 @@ pipeline and without unpickling anything.
 ``<h>`` is the start of the file's sha256. Files are never rewritten in place: an update (``add-items``)
 writes new files and then replaces ``manifest.json``, so that one rename is the commit and a crash before it
 leaves the previous bundle whole; files no manifest names are removed afterwards. The weights are those of
-training (``trained_item_rows`` rows, padding included); rows beyond them were added later and are re-added to the model on load.
+training (``trained_item_rows`` rows, padding included); rows beyond them were added later and are re-added
+to the model on load.
 """
 import fcntl
 import hashlib
@@ -167,7 +168,8 @@ def export_bundle(checkpoint, out, data_path=None):
     stored = load_state(checkpoint).get("config") or {}
     model_class = get_model(stored["model"]) if "model" in stored else None
     if model_class is None or not is_plugin_model(model_class):
-        raise BundleError(f"{checkpoint}: export takes a checkpoint of one of the plugin's models trained by this plugin")
+        raise BundleError(f"{checkpoint}: export takes a checkpoint of one of the plugin's models, trained by the "
+                          f"plugin")
     if stage_kind(model_class, stored.get("train_stage")) == "pretrain":
         raise BundleError(f"{checkpoint} is a pre-training checkpoint: fine-tune it on the target dataset first "
                           f"(--pretrained=CKPT with a fine-tuning train_stage) and export that checkpoint")
@@ -197,7 +199,8 @@ def _check_export(out, model):
     if got.shape != expected.shape or not torch.allclose(got, expected, atol=1e-5):
         shutil.rmtree(out, ignore_errors=True)
         raise BundleError(f"the bundle written to {out} does not reproduce the checkpoint's scores, so it was removed: "
-                          f"{type(model).__name__}'s serving protocol (recbole_missrec/serving/__init__.py) is incomplete")
+                          f"{type(model).__name__}'s serving protocol (recbole_missrec/serving/__init__.py) is "
+                          f"incomplete")
 
 
 # ---- reading -------------------------------------------------------------------------------------------
@@ -263,7 +266,8 @@ def _read_store(path, rows):
                   and present.shape == (table.shape[0],) and slot_mask.dtype == bool and present.dtype == bool)
     if not shapes_fit or table.shape[0] != rows:
         raise BundleError(f"{path}: table {table.shape} {table.dtype}, slot_mask {slot_mask.shape}, present "
-                          f"{present.shape}; expected [{rows}, S, D] float32 and bool masks for the bundle's {rows} items")
+                          f"{present.shape}; expected [{rows}, S, D] float32 and bool masks for the bundle's "
+                          f"{rows} items")
     return FeatureStore(torch.from_numpy(table), torch.from_numpy(slot_mask), torch.from_numpy(present))
 
 

@@ -74,7 +74,8 @@ def new_store(rows, n, dim, name):
     """A FeatureStore of n new items from ``rows``: None (no item has the modality), a FeatureStore, a
     [n, D] array (one vector per item; an all-zero row = missing) or n arrays [S_i, D] (S_i = 0: missing)."""
     if rows is None:
-        return FeatureStore(torch.zeros(n, 1, dim), torch.zeros(n, 1, dtype=torch.bool), torch.zeros(n, dtype=torch.bool))
+        absent = torch.zeros(n, 1, dtype=torch.bool)
+        return FeatureStore(torch.zeros(n, 1, dim), absent, absent[:, 0])
     if isinstance(rows, FeatureStore):
         store = rows
     elif (isinstance(rows, np.ndarray) or torch.is_tensor(rows)) and rows.ndim == 2:
@@ -130,7 +131,9 @@ class Recommender:
         return rows, unknown
 
     def _padded(self, rows):
-        seq = torch.zeros(len(rows), self.model.max_seq_length, dtype=torch.long)  # [B, L], right padding
+        """[B, L] ids, right-padded to the batch's longest history (not max_seq_length: the model's cost then
+        follows the real items), and the lengths [B]."""
+        seq = torch.zeros(len(rows), max(len(ids) for ids in rows), dtype=torch.long)
         for row, ids in enumerate(rows):
             seq[row, :len(ids)] = torch.tensor(ids, dtype=torch.long)
         return seq, torch.tensor([len(ids) for ids in rows])
@@ -178,15 +181,16 @@ class Recommender:
             scores = self.model.score(query, candidates).masked_fill(candidates == 0, float("-inf"))  # [B, C]
             if exclude_history:
                 mask_history(scores, candidates, seq)
-            scores, positions = torch.cat([best_scores, scores], dim=1).topk(min(k, best_scores.shape[1] + len(candidates)), dim=1)
+            scores = torch.cat([best_scores, scores], dim=1)
+            scores, positions = scores.topk(min(k, scores.shape[1]), dim=1)
             best_ids = torch.cat([best_ids, candidates.expand(len(rows), -1)], dim=1).gather(1, positions)
             best_scores = scores
         return best_scores, best_ids
 
-    def build_index(self, k_prime=100, kind="hnsw", **options):
-        """Two-stage scoring from now on: every index's top-``k_prime`` (approximate ``kind`` = hnsw, or the
-        exact flat), re-scored exactly. ``options``: ``CandidateIndex``'s (hnsw_m, ef_construction,
-        ef_search). Returns the index."""
+    def build_index(self, k_prime=50, kind="ivf", **options):
+        """Two-stage scoring from now on: every index's top-``k_prime`` (``kind``: ivf or hnsw, approximate;
+        flat, exact), re-scored exactly. ``options``: ``CandidateIndex``'s (nlist, nprobe; hnsw_m,
+        ef_construction, ef_search). Returns the index."""
         from recbole_missrec.serving.ann import CandidateIndex
 
         self.index, self.k_prime = CandidateIndex(kind, **options), k_prime
@@ -194,10 +198,13 @@ class Recommender:
         return self.index
 
     def _index_items(self, item_ids):
+        """Add items to the index: their retrieval vectors, computed in chunks, in one ``add``."""
+        parts = {}
         for chunk in item_ids.split(INDEX_CHUNK):
-            vectors = self.model.retrieval_vectors(chunk)
-            self.index.add({name: (rows[usable].float().numpy(), chunk[usable].numpy())
-                            for name, (rows, usable) in vectors.items()})
+            for name, (rows, usable) in self.model.retrieval_vectors(chunk).items():
+                parts.setdefault(name, []).append((rows[usable].float().numpy(), chunk[usable].numpy()))
+        self.index.add({name: (np.concatenate([rows for rows, _ in chunks]), np.concatenate([ids for _, ids in chunks]))
+                        for name, chunks in parts.items()})
 
     # ---- embeddings ------------------------------------------------------------------------------
     def sequence_embeddings(self, histories):
@@ -239,13 +246,16 @@ class Recommender:
         unknown_stores = sorted(set(features) - set(self.stores))
         if unknown_stores:
             raise ValueError(f"features for {unknown_stores}, but the model's feature stores are {list(self.stores)}")
-        rows = {name: new_store(features.get(name), len(tokens), store.dim, name) for name, store in self.stores.items()}
+        rows = {name: new_store(features.get(name), len(tokens), store.dim, name)
+                for name, store in self.stores.items()}
         bare = ~torch.stack([store.present for store in rows.values()], dim=1).any(dim=1)
         if bare.any():
-            raise ValueError(f"items without a feature vector in any store: {[t for t, b in zip(tokens, bare) if b][:5]}")
+            bare_tokens = [token for token, none in zip(tokens, bare) if none]
+            raise ValueError(f"items without a feature vector in any store: {bare_tokens[:5]}")
         first = self.model.n_items
         note = self.model.add_items(rows)
-        self.stores = {name: store.extended(rows[name].table, rows[name].slot_mask) for name, store in self.stores.items()}
+        self.stores = {name: store.extended(rows[name].table, rows[name].slot_mask)
+                       for name, store in self.stores.items()}
         self._ids.update({token: first + offset for offset, token in enumerate(tokens)})
         self.tokens += tokens
         if self.index is not None:
