@@ -91,7 +91,9 @@ class Source:
         stores = recommender.stores
         everywhere = np.logical_and.reduce([store.present.numpy() for store in stores.values()])
         everywhere[0] = False
-        self.base = {name: store.pooled().numpy()[everywhere] for name, store in stores.items()}
+        divisors = recommender.normalisation["divisors"]  # the stores hold rows after feature_norm: mean
+        self.base = {name: store.pooled().numpy()[everywhere] * (divisors.get(name) or 1.0)
+                     for name, store in stores.items()}
         self.histories = self._histories(recommender)
 
     def recommender(self):

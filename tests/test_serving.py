@@ -28,18 +28,20 @@ def trained(tmp_path_factory):
     stage for the module; tests that change a bundle copy it first)."""
     runs = {}
 
-    def run(stage):
-        if stage not in runs:
+    def run(stage, **overrides):
+        key = (stage, *sorted(overrides.items()))
+        if key not in runs:
             root = tmp_path_factory.mktemp(stage)
             with pytest.MonkeyPatch.context() as patch:
                 patch.chdir(root)
                 patch.setattr(sys, "argv", ["pytest"])
                 write_benchmark_dataset(root)
-                config = tiny_run_config(root, epochs=1, train_stage=stage, topk=[K], valid_metric=f"NDCG@{K}")
+                config = tiny_run_config(root, epochs=1, train_stage=stage, topk=[K], valid_metric=f"NDCG@{K}",
+                                         **overrides)
                 checkpoint = run_recbole_missrec("MISSRec", "toy", config_dict=config)["checkpoint"]
                 export_bundle(checkpoint, root / "bundle")
-            runs[stage] = types.SimpleNamespace(root=root, checkpoint=checkpoint, bundle=str(root / "bundle"))
-        return runs[stage]
+            runs[key] = types.SimpleNamespace(root=root, checkpoint=checkpoint, bundle=str(root / "bundle"))
+        return runs[key]
 
     return run
 
@@ -95,6 +97,19 @@ def test_new_item_with_an_existing_items_features_gets_its_score(trained, tmp_pa
     reloaded = Recommender.load(folder)
     assert reloaded.recommend([history + ["twin"]], k=K)[0] == again
     assert reloaded.tokens[-1] == "twin" and reloaded.notes == [note]
+
+
+def test_new_items_are_scaled_like_the_training_features(trained, tmp_path):
+    """feature_norm: mean divides every table by its mean vector norm: new rows take the training divisor."""
+    run = trained("inductive_ft", feature_norm="mean")
+    recommender = Recommender.load(bundle_copy(run, tmp_path))
+    assert recommender.normalisation["mode"] == "mean"
+    text = np.fromfile(run.root / "toy" / "toy.feat1CLS", dtype=np.float32).reshape(30, 16)
+    image = np.fromfile(run.root / "toy" / "toy.feat3CLS", dtype=np.float32).reshape(30, 12)
+    recommender.add_items(["twin"], {"text": text[[9]], "img": image[[9]]})  # as the files hold item 9
+    result = recommender.recommend([["3", "4", "5"]], k=31)[0]
+    scores = dict(zip(result["items"], result["scores"]))
+    assert scores["twin"] == pytest.approx(scores["9"], abs=1e-5)
 
 
 def test_transductive_new_items_are_scored_without_the_id_term(trained, tmp_path):

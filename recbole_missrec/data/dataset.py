@@ -40,11 +40,14 @@ def feature_suffixes(config):
 
 class MultiModalDataset(SequentialDataset):
     """Adds ``item_features``: {store name: FeatureStore} (``text``, ``img``, and ``text_aug`` in
-    pre-training), each aligned to the internal item ids, and ``feature_files``: {store name: path}."""
+    pre-training), each aligned to the internal item ids, ``feature_files``: {store name: path}, and
+    ``feature_divisors``: {store name: the divisor of ``feature_norm: mean``, else None}, which a serving
+    bundle keeps so that items added later are scaled alike."""
 
     def __init__(self, config):
         super().__init__(config)
         self.feature_files = {}
+        self.feature_divisors = {}
         self.item_features = self._load_item_features()
 
     def feature_path(self, suffix):
@@ -56,8 +59,10 @@ class MultiModalDataset(SequentialDataset):
         stores = {}
         for name, (suffix, dim) in feature_suffixes(self.config).items():
             path = self.feature_path(suffix)
-            stores[name] = read_store(path, dim, tokens, self.config["max_feature_slots"]).normalised(
-                self.config["feature_norm"])
+            raw = read_store(path, dim, tokens, self.config["max_feature_slots"])
+            norm = self.config["feature_norm"]
+            self.feature_divisors[name] = raw.mean_norm() if norm == "mean" else None
+            stores[name] = raw.normalised(norm, self.feature_divisors[name])
             self.feature_files[name] = path
             store = stores[name]
             self.logger.info(

@@ -27,20 +27,24 @@ class FeatureStore(NamedTuple):
     def slots(self):
         return self.table.shape[1]
 
-    def normalised(self, norm):
+    def normalised(self, norm, divisor=None):
         """This store with its vectors rescaled: ``l2`` = every vector unit length; ``mean`` = the whole
-        table divided by its mean vector norm (relative norms kept); ``none`` = unchanged. Encoders differ
-        by an order of magnitude in output norm (CLIP image rows ~10, sentence encoders 1), which would
-        otherwise set how much each modality weighs wherever tokens of several modalities are summed."""
+        table divided by its mean vector norm (relative norms kept), or by ``divisor`` when given (rows
+        added later are scaled like the table they join); ``none`` = unchanged. Encoders differ by an order
+        of magnitude in output norm (CLIP image rows ~10, sentence encoders 1), which would otherwise set
+        how much each modality weighs wherever tokens of several modalities are summed."""
         if norm in (None, "none"):
             return self
-        norms = self.table.norm(dim=-1, keepdim=True)  # [N, S, 1]
         if norm == "l2":
-            return self._replace(table=self.table / norms.clamp_min(1e-12))
+            return self._replace(table=self.table / self.table.norm(dim=-1, keepdim=True).clamp_min(1e-12))
         if norm == "mean":
-            real = norms[self.slot_mask]
-            return self._replace(table=self.table / (real.mean() if real.numel() else 1.0))
+            return self._replace(table=self.table / (divisor or self.mean_norm()))
         raise ValueError(f"feature_norm={norm!r} is not supported; use none, l2 or mean")
+
+    def mean_norm(self):
+        """Mean length of the real vectors (1.0 when there is none): the divisor of ``normalised("mean")``."""
+        real = self.table.norm(dim=-1)[self.slot_mask]
+        return float(real.mean()) if real.numel() else 1.0
 
     def pooled(self):
         """[N, D]: one vector per item, the mean of its real slots (the vector itself when S = 1)."""

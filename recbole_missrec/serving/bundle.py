@@ -120,9 +120,11 @@ def _publish_items(folder, tokens, stores):
     return files
 
 
-def write_bundle(out, config, state_dict, tokens, stores, source):
+def write_bundle(out, config, state_dict, tokens, stores, normalisation, source):
     """Write a new bundle folder ``out`` (it must not exist, or be empty): everything is written into a
-    temporary sibling folder that is renamed to ``out`` at the end. Returns the manifest."""
+    temporary sibling folder that is renamed to ``out`` at the end. ``normalisation``: {"mode": the
+    feature_norm the stores went through, "divisors": {store: its divisor or None}}, applied to items
+    added later. Returns the manifest."""
     out = os.path.abspath(out)
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
         raise BundleError(f"{out} already exists and is not an empty folder: remove it or choose another --out")
@@ -135,8 +137,8 @@ def write_bundle(out, config, state_dict, tokens, stores, source):
         files.update(_publish_items(staging, tokens, stores))
         manifest = {
             "format": FORMAT, "version": VERSION, "model": config["model"], "train_stage": config["train_stage"],
-            "stores": list(stores), "trained_item_rows": len(tokens), "item_rows": len(tokens), "added": [],
-            "source": source, "files": files,
+            "stores": list(stores), "feature_norm": normalisation, "trained_item_rows": len(tokens),
+            "item_rows": len(tokens), "added": [], "source": source, "files": files,
         }
         atomic_write_json(os.path.join(staging, MANIFEST), manifest, indent=1)
         os.chmod(staging, 0o777 & ~_umask())
@@ -176,8 +178,9 @@ def export_bundle(checkpoint, out, data_path=None):
     config, model, dataset, _, _, _ = load_data_and_model(checkpoint, data_path, {"use_gpu": False})
     source = {"checkpoint": os.path.abspath(checkpoint), "dataset": config["dataset"], "data_path": config["data_path"],
               "feature_files": dict(dataset.feature_files)}
+    normalisation = {"mode": config["feature_norm"] or "none", "divisors": dict(dataset.feature_divisors)}
     manifest = write_bundle(out, plain_config(config), model.state_dict(), dataset.field2id_token[dataset.iid_field],
-                            dataset.item_features, source)
+                            dataset.item_features, normalisation, source)
     _check_export(out, model)
     return manifest
 

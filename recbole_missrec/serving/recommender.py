@@ -103,6 +103,8 @@ class Recommender:
         self.model = model.eval().requires_grad_(False)
         self.tokens = [str(token) for token in tokens]
         self.stores = dict(stores)
+        # the feature_norm the stores went through, for new rows (see bundle.write_bundle)
+        self.normalisation = bundle.manifest["feature_norm"] if bundle else {"mode": "none", "divisors": {}}
         self.config = ServingConfig(config or {})
         self.notes = list(notes)
         self.index = None
@@ -231,7 +233,8 @@ class Recommender:
         """Make new items candidates at once, from their features alone; returns the model's note.
 
         ``features``: {store name: rows} for some of the bundle's stores (``self.stores``); rows as
-        :func:`new_store` takes them, one per token. A store left out means the new items lack it; an item
+        :func:`new_store` takes them, one per token, as the feature files hold them (the bundle's
+        ``feature_norm`` is applied here). A store left out means the new items lack it; an item
         with no vector in any store is refused. Tokens the catalogue already has are refused: an item's
         features are those the model was trained or extended with (add it under a new token instead)."""
         tokens = [str(token) for token in tokens]
@@ -246,7 +249,8 @@ class Recommender:
         unknown_stores = sorted(set(features) - set(self.stores))
         if unknown_stores:
             raise ValueError(f"features for {unknown_stores}, but the model's feature stores are {list(self.stores)}")
-        rows = {name: new_store(features.get(name), len(tokens), store.dim, name)
+        mode, divisors = self.normalisation["mode"], self.normalisation["divisors"]
+        rows = {name: new_store(features.get(name), len(tokens), store.dim, name).normalised(mode, divisors.get(name))
                 for name, store in self.stores.items()}
         bare = ~torch.stack([store.present for store in rows.values()], dim=1).any(dim=1)
         if bare.any():
