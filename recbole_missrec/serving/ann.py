@@ -10,9 +10,11 @@ faiss (faiss-cpu) rather than usearch or hnswlib: binary wheels for every platfo
 swaps the approximate index for the exact one), incremental ``add`` with ids of our own for ``add_items``,
 and maintained by Meta with a long record.
 
-The default is the inverted file (``ivf``): k-means cells over the vectors, ``nprobe`` cells searched. On
-catalogues grown from real features it kept recall@10 >= 0.98 where HNSW graphs (inner product, 32 links)
-stalled near 0.93 however wide the search (benchmarks/serving.py); it also builds in a fraction of the time.
+The default is the inverted file (``ivf``): k-means cells over the vectors, ``nprobe`` of them searched. On
+1M items grown from the Scientific_mm_subset CLIP features (benchmarks/serving.py) it gave recall@10 0.989
+with 2048 cells and nprobe 64 (7 ms CPU per history end to end), where an HNSW graph (32 links,
+efConstruction 80) gave 0.84 at efSearch 256 and stalled near 0.94 even at efSearch 1024 (300k items): the
+catalogue's dense clusters of near-duplicates defeat its greedy search. The IVF also builds 4x faster.
 """
 import math
 
