@@ -365,7 +365,7 @@ class MISSRec(SequentialRecommender):
             labels, _ = assign(self.modality_tokens(ids)[present[rows]], self.interest_centroids[1:])
             lookup[rows][present[rows]] = labels + 1
         self.interest_lookup = torch.cat([self.interest_lookup, lookup])
-        note = (f"{n} new item{'s' * (n != 1)}: their {int(present.sum())} item-modality tokens joined "
+        note = (f"{n} new item{'s' * (n != 1)}: {int(present.sum())} item-modality tokens joined "
                 f"{torch.unique(lookup[present]).numel()} of the {self.n_interests} saved interests (nearest centroid)")
         if self.item_embedding is not None:
             note += ("; transductive model: new items have no ID embedding, so they are scored by the fused "
