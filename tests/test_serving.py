@@ -189,6 +189,23 @@ def test_a_damaged_missing_or_mismatched_file_is_named(trained, tmp_path):
         Recommender.load(folder)
 
 
+def test_an_export_that_does_not_reproduce_the_scores_is_removed(trained, tmp_path, monkeypatch):
+    """The export's self-check: the bundle's model, through forward + score, must score as the checkpoint."""
+    from recbole_missrec.serving import recommender as recommender_module
+
+    def built_wrong(bundle):
+        model, note = build_model(bundle)
+        with torch.no_grad():
+            model.adapters["text"].bias.add_(1.0)  # as a family whose protocol loses part of its state would
+        return model, note
+
+    build_model = recommender_module.build_model
+    monkeypatch.setattr(recommender_module, "build_model", built_wrong)
+    with pytest.raises(BundleError, match="forward \+ score do not reproduce the checkpoint's full_sort_predict"):
+        export_bundle(trained("inductive_ft").checkpoint, tmp_path / "b")
+    assert not (tmp_path / "b").exists()
+
+
 def test_a_failed_update_leaves_the_previous_bundle(trained, tmp_path, monkeypatch):
     folder = bundle_copy(trained("inductive_ft"), tmp_path)
     before = sorted(os.listdir(folder))

@@ -186,24 +186,32 @@ def export_bundle(checkpoint, out, data_path=None):
 
 
 def _check_export(out, model):
-    """The bundle's model must score like the checkpoint's on a few histories of the first items."""
+    """The bundle's model, through the serving protocol (``forward`` + ``score``), must score like the
+    checkpoint model's ``full_sort_predict`` on a few histories of the first items; else the bundle is
+    removed and the error says which."""
     import torch
     from recbole.data.interaction import Interaction
 
     from recbole_missrec.serving.recommender import Recommender
 
+    def fail(reason):
+        shutil.rmtree(out, ignore_errors=True)
+        raise BundleError(f"the bundle written to {out} was removed: {reason} (the serving protocol: "
+                          f"recbole_missrec/serving/__init__.py)")
+
     served = Recommender.load(out).model
     length = min(model.max_seq_length, model.n_items - 1, 5)
     seq = torch.zeros(4, model.max_seq_length, dtype=torch.long)
     seq[:, :length] = (torch.arange(length) + torch.arange(4).unsqueeze(1)) % (model.n_items - 1) + 1
-    interaction = Interaction({model.ITEM_SEQ: seq, model.ITEM_SEQ_LEN: torch.full((4,), length)})
+    lengths = torch.full((4,), length)
     with torch.no_grad():
-        expected, got = model.full_sort_predict(interaction), served.full_sort_predict(interaction)
-    if got.shape != expected.shape or not torch.allclose(got, expected, atol=1e-5):
-        shutil.rmtree(out, ignore_errors=True)
-        raise BundleError(f"the bundle written to {out} does not reproduce the checkpoint's scores, so it was removed: "
-                          f"{type(model).__name__}'s serving protocol (recbole_missrec/serving/__init__.py) is "
-                          f"incomplete")
+        expected = model.full_sort_predict(Interaction({model.ITEM_SEQ: seq, model.ITEM_SEQ_LEN: lengths}))
+        try:
+            got = served.score(served(seq[:, :length], lengths), torch.arange(1, served.n_items))
+        except AttributeError as error:
+            fail(f"{type(model).__name__} does not implement the serving protocol ({error})")
+    if got.shape != expected[:, 1:].shape or not torch.allclose(got, expected[:, 1:], atol=1e-5):
+        fail(f"{type(model).__name__}'s forward + score do not reproduce the checkpoint's full_sort_predict")
 
 
 # ---- reading -------------------------------------------------------------------------------------------
