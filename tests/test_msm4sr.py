@@ -18,6 +18,7 @@ from recbole_missrec.model.msm4sr.augment import AUG_KEEP, AUG_MIX
 from recbole_missrec.model.msm4sr.item_encoder import AttentionPooling
 from recbole_missrec.model.msm4sr.losses import cmcl
 from recbole_missrec.quick_start import run_recbole_missrec
+from recbole_missrec.serving.recommender import store_rows
 from recbole_missrec.trainer import load_state
 
 REFERENCE = dict(pool_trainable=False, pool_mask_pad=False, mask_missing_modality=False)  # model switches
@@ -336,6 +337,71 @@ def test_inductive_model_scores_an_unseen_item_by_its_features():
         store.table[11], store.slot_mask[11], store.present[11] = store.table[4], store.slot_mask[4], store.present[4]
     scores = build("inductive_ft", dataset).eval().full_sort_predict(batch())
     assert torch.allclose(scores[:, 11], scores[:, 4])
+
+
+def widened(dataset, new, n_items):
+    """A dataset of the first ``n_items`` rows of ``dataset``'s stores after appending ``new`` (as a serving
+    bundle holds them: the table as wide as its widest item)."""
+    stores = {name: store_rows(store.extended(new[name].table, new[name].slot_mask), 0, n_items)
+              for name, store in dataset.item_features.items()}
+    return types.SimpleNamespace(num=lambda field: n_items, item_features=stores)
+
+
+def six_text_vectors(seed=3):
+    table = torch.randn(1, 6, 10, generator=torch.Generator().manual_seed(seed))
+    mask = torch.ones(1, 6, dtype=torch.bool)
+    return FeatureStore(table, mask, mask[:, 0])
+
+
+@pytest.mark.parametrize("pool_trainable", [True, False])
+def test_added_items_widen_the_pooled_tables_and_score_like_their_twins(pool_trainable):
+    """Serving's add_items: a new item with an existing item's vectors scores like it (inductive); one with
+    more vectors than any trained item widens the table without changing the trained items' scores; the
+    model rebuilt from the widened table's trained rows (a bundle's) is the trained one."""
+    dataset = multi_vector_dataset()  # text: at most 4 vectors per item
+    model = build("inductive_ft", dataset, pool_trainable=pool_trainable).eval()
+    query = model(SEQ, LEN)
+    before = model.score(query, torch.arange(12))
+    wide = six_text_vectors()
+    new = {"text": store_rows(dataset.item_features["text"], 4, 5).extended(wide.table, wide.slot_mask),
+           "img": store_rows(dataset.item_features["img"], 4, 6)}  # item 4's twin, then the wide item
+    assert model.add_items(new).startswith("2 new items")
+    assert model.n_items == 14 and model.item_encoders["text"].slot_mask.shape == (14, 6)
+    after = model.score(query, torch.arange(14))
+    assert torch.allclose(after[:, :12], before, atol=1e-6)
+    assert torch.allclose(after[:, 12], before[:, 4], atol=1e-6)
+    rebuilt = build("inductive_ft", widened(dataset, new, 12), pool_trainable=pool_trainable).eval()
+    rebuilt.load_state_dict(model.state_dict())
+    assert torch.allclose(rebuilt.score(rebuilt(SEQ, LEN), torch.arange(12)), before, atol=1e-6)
+
+
+def test_reference_pooling_keeps_new_items_at_the_trained_slot_count():
+    """pool_mask_pad=False weighs padded slots: the table keeps its width, for the trained items' sake."""
+    dataset = multi_vector_dataset()
+    model = build("finetune", dataset, pool_mask_pad=False).eval()
+    before = model.score(model(SEQ, LEN), torch.arange(12))
+    new = {"text": six_text_vectors(), "img": store_rows(dataset.item_features["img"], 4, 5)}
+    note = model.add_items(new)
+    assert "1 kept only the first 4 text vectors" in note and "padding row" in note
+    assert model.item_encoders["text"].slot_mask.shape == (13, 4)
+    rebuilt = build("finetune", widened(dataset, new, 12), pool_mask_pad=False).eval()
+    rebuilt.load_state_dict(model.state_dict())
+    assert torch.allclose(rebuilt.score(rebuilt(SEQ, LEN), torch.arange(12)), before, atol=1e-6)
+
+
+def test_an_encoder_of_one_vector_per_item_averages_a_new_items_vectors():
+    dataset = fake_dataset()  # one vector per item: no pooling layer
+    model = build("inductive_ft", dataset).eval()
+    text, image = (dataset.item_features[name].table[4, 0] for name in ("text", "img"))
+    twin = {"text": FeatureStore(torch.stack([text + 1, text - 1]).unsqueeze(0), torch.ones(1, 2, dtype=torch.bool),
+                                 torch.ones(1, dtype=torch.bool)),
+            "img": FeatureStore(image.view(1, 1, -1), torch.ones(1, 1, dtype=torch.bool), torch.ones(1, dtype=torch.bool))}
+    model.add_items(twin)
+    scores = model.score(model(SEQ, LEN), torch.tensor([4, 12]))
+    assert torch.allclose(scores[:, 0], scores[:, 1], atol=1e-6)
+    rebuilt = build("inductive_ft", widened(dataset, twin, 12))  # the bundle's text table is 2 slots wide now
+    assert rebuilt.item_encoders["text"].pooling is None
+    rebuilt.load_state_dict(model.state_dict())
 
 
 # ---- every stage end to end ------------------------------------------------------------------------

@@ -22,23 +22,29 @@ from recbole_missrec.serving.recommender import Recommender
 K = 5
 
 
+# Every family and fine-tuning stage the serving protocol covers; the stages with item-ID embeddings.
+FAMILY_STAGES = [("MISSRec", "inductive_ft"), ("MISSRec", "transductive_ft"), ("MSM4SR", "finetune"),
+                 ("MSM4SR", "inductive_ft"), ("UniSRec", "inductive_ft"), ("UniSRec", "transductive_ft")]
+ID_STAGES = ("transductive_ft", "finetune")
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """trained(stage): a MISSRec trained one epoch on the toy data and its exported bundle (built once per
-    stage for the module; tests that change a bundle copy it first)."""
+    """trained(stage, model="MISSRec"): a model trained one epoch on the toy data and its exported bundle
+    (built once per model and stage for the module; tests that change a bundle copy it first)."""
     runs = {}
 
-    def run(stage, **overrides):
-        key = (stage, *sorted(overrides.items()))
+    def run(stage, model="MISSRec", **overrides):
+        key = (model, stage, *sorted(overrides.items()))
         if key not in runs:
-            root = tmp_path_factory.mktemp(stage)
+            root = tmp_path_factory.mktemp(f"{model}-{stage}")
             with pytest.MonkeyPatch.context() as patch:
                 patch.chdir(root)
                 patch.setattr(sys, "argv", ["pytest"])
                 write_benchmark_dataset(root)
                 config = tiny_run_config(root, epochs=1, train_stage=stage, topk=[K], valid_metric=f"NDCG@{K}",
                                          **overrides)
-                checkpoint = run_recbole_missrec("MISSRec", "toy", config_dict=config)["checkpoint"]
+                checkpoint = run_recbole_missrec(model, "toy", config_dict=config)["checkpoint"]
                 export_bundle(checkpoint, root / "bundle")
             runs[key] = types.SimpleNamespace(root=root, checkpoint=checkpoint, bundle=str(root / "bundle"))
         return runs[key]
@@ -69,9 +75,9 @@ def top_k_of_trained_model(checkpoint):
     return histories, tokens, torch.cat(scores)
 
 
-@pytest.mark.parametrize("stage", ["inductive_ft", "transductive_ft"])
-def test_bundle_recommends_what_the_trained_model_ranks(trained, stage):
-    run = trained(stage)
+@pytest.mark.parametrize("model, stage", FAMILY_STAGES)
+def test_bundle_recommends_what_the_trained_model_ranks(trained, model, stage):
+    run = trained(stage, model)
     histories, expected_tokens, expected_scores = top_k_of_trained_model(run.checkpoint)
     results = Recommender.load(run.bundle).recommend(histories, k=K)
     assert [result["items"] for result in results] == expected_tokens
@@ -79,24 +85,59 @@ def test_bundle_recommends_what_the_trained_model_ranks(trained, stage):
     assert all(result["unknown"] == [] for result in results)
 
 
-def test_new_item_with_an_existing_items_features_gets_its_score(trained, tmp_path):
-    folder = bundle_copy(trained("inductive_ft"), tmp_path)
+@pytest.mark.parametrize("model, stage", FAMILY_STAGES)
+def test_every_family_adds_items_and_serves_them_two_stage(trained, tmp_path, model, stage):
+    """A copy of an existing item under a new token: scored like it from features alone (inductive), or
+    like it without its ID embedding; usable in a history; saved and reloaded; found by the two-stage path."""
+    folder = bundle_copy(trained(stage, model), tmp_path)
     recommender = Recommender.load(folder)
     history = ["3", "5", "7"]
     best = recommender.recommend([history], k=1)[0]["items"][0]
     row = recommender.tokens.index(best)
     twin = {name: [store.table[row, store.slot_mask[row]].numpy()] for name, store in recommender.stores.items()}
     note = recommender.add_items(["twin"], twin)
-    assert "joined" in note and "ID term" not in note
-    result = recommender.recommend([history], k=2)[0]
-    assert set(result["items"]) == {best, "twin"}
-    assert result["scores"][0] == pytest.approx(result["scores"][1], abs=1e-5)
-    # the new item also works inside a history, and survives saving and reloading
-    again = recommender.recommend([history + ["twin"]], k=K)[0]
+    assert ("joined" in note) == (model == "MISSRec")  # MISSRec: the new item's tokens join saved interests
+    served = recommender.model
+    query = served(*recommender._padded(recommender._encode([history])[0]))
+    if stage in ID_STAGES:
+        assert "no ID embedding" in note
+        if model != "MISSRec":  # MISSRec: test_transductive_new_items_are_scored_without_the_id_term
+            scores = served.score(query, torch.tensor([row, served.n_items - 1]))[0]
+            served.item_embedding.weight[row] = 0  # the padding row's zeros, which a new item reads
+            assert float(served.score(query, torch.tensor([row]))[0, 0]) == pytest.approx(float(scores[1]), abs=1e-5)
+            assert abs(float(scores[0] - scores[1])) > 1e-4
+            recommender = Recommender.load(folder)  # the model was changed above
+            recommender.add_items(["twin"], twin)
+    else:
+        assert "ID" not in note
+        result = recommender.recommend([history], k=2)[0]
+        assert set(result["items"]) == {best, "twin"}
+        assert result["scores"][0] == pytest.approx(result["scores"][1], abs=1e-5)
+    histories = [history + ["twin"], ["twin"], ["1", "2"]]
+    exact = recommender.recommend(histories, k=K)
+    assert exact[0]["unknown"] == exact[1]["unknown"] == [] and len(exact[1]["items"]) == K
     recommender.save()
     reloaded = Recommender.load(folder)
-    assert reloaded.recommend([history + ["twin"]], k=K)[0] == again
-    assert reloaded.tokens[-1] == "twin" and reloaded.notes == [note]
+    assert reloaded.recommend(histories, k=K) == exact and reloaded.tokens[-1] == "twin" and reloaded.notes == [note]
+    reloaded.build_index(k_prime=2 * K if model != "MISSRec" else 31)  # MISSRec's index only bounds the score
+    assert reloaded.index.size("fused") == 31
+    two_stage = reloaded.recommend(histories, k=K)
+    assert [r["items"] for r in two_stage] == [r["items"] for r in exact]
+    assert np.allclose([r["scores"] for r in two_stage], [r["scores"] for r in exact], atol=1e-5)
+
+
+@pytest.mark.parametrize("model, stage", FAMILY_STAGES[2:])
+def test_served_item_embeddings_and_retrieval_vectors_give_the_score(trained, model, stage):
+    """MSM4SR and UniSRec: one index whose inner product is the score; the exported vectors score alike."""
+    recommender = Recommender.load(trained(stage, model).bundle)
+    served = recommender.model
+    query = torch.from_numpy(recommender.sequence_embeddings([["2", "4", "6"], ["9"]])["embeddings"])
+    items = torch.arange(1, served.n_items)
+    (vectors, usable), = served.retrieval_vectors(items).values()
+    (queries,) = served.query_vectors(query).values()
+    assert usable.all() and torch.allclose(queries @ vectors.T, served.score(query, items), atol=1e-5)
+    exported = recommender.item_embeddings()
+    assert np.allclose(query.flatten(1).numpy() @ exported["vectors"].T, served.score(query, items).numpy(), atol=1e-5)
 
 
 def test_new_items_are_scaled_like_the_training_features(trained, tmp_path):
@@ -265,6 +306,29 @@ def test_command_line_export_add_items_recommend(trained, tmp_path, capsys):
     assert two_stage["candidates"] == "two-stage" and two_stage["results"][0]["items"] == first["items"][:3]
     assert main(["add-items", "--bundle", str(tmp_path / "b"), "--features", f"text={tmp_path / 'text.npz'}"]) == 1
     assert "already in the catalogue" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("model, stage", FAMILY_STAGES[2:])
+def test_the_verbs_serve_msm4sr_and_unisrec(trained, tmp_path, capsys, model, stage):
+    """export, add-items (a multi-vector file per store of the bundle) and recommend, in this process."""
+    run = trained(stage, model)
+    assert main(["export", "--checkpoint", run.checkpoint, "--out", str(tmp_path / "b")]) == 0
+    stores = json.loads(capsys.readouterr().out)["stores"]
+    assert stores == (["text", "img"] if model == "MSM4SR" else ["text"])
+    text = np.fromfile(run.root / "toy" / "toy.feat1CLS", dtype=np.float32).reshape(30, 16)
+    image = np.fromfile(run.root / "toy" / "toy.feat3CLS", dtype=np.float32).reshape(30, 12)
+    write_multi_vector_file(tmp_path / "text.npz", ["fresh", "other"], [text[9:11], text[3:4]])
+    write_multi_vector_file(tmp_path / "img.npz", ["fresh"], [image[9:10]])
+    files = [f"{name}={tmp_path / name}.npz" for name in stores]
+    assert main(["add-items", "--bundle", str(tmp_path / "b"), "--features", *files]) == 0
+    added = json.loads(capsys.readouterr().out)
+    assert added["added"] == ["fresh", "other"] and added["items"] == 32
+    assert ("no ID embedding" in added["note"]) == (stage in ID_STAGES)
+    assert main(["recommend", "--bundle", str(tmp_path / "b"), "--history", "7", "fresh", "-k", "32"]) == 0
+    (result,) = json.loads(capsys.readouterr().out)["results"]
+    assert result["unknown"] == [] and {"fresh", "other"} <= set(result["items"])
+    assert main(["recommend", "--bundle", str(tmp_path / "b"), "--history", "7", "fresh", "-k", "3", "--ann"]) == 0
+    assert json.loads(capsys.readouterr().out)["results"][0]["items"] == result["items"][:3]
 
 
 def catalogue(n_items=3000, hidden=32, **overrides):

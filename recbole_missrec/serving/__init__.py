@@ -4,7 +4,8 @@
 The serving core knows no model family. It builds the model as training did, ``model_class(config,
 dataset)``, from the bundle's plain config and an object with ``num(item field)`` and ``item_features``
 ({store name: FeatureStore}), loads the trained weights, and talks to the model through this protocol
-(MISSRec implements it in ``model/missrec/missrec.py``):
+(every family implements it: ``model/missrec/missrec.py``, ``model/msm4sr/msm4sr.py``,
+``model/unisrec/unisrec.py``):
 
 ``forward(item_seq [B, L], item_seq_len [B]) -> query [B, ...]``
     RecBole's: the sequence representation; the core passes it back to ``score`` and ``query_vectors``

@@ -10,10 +10,15 @@ step. ``pool_mask_pad=False`` and ``pool_act`` restore the other two behaviours.
 
 With one vector per item (the raw ``.featXCLS`` files, "MSM4SR-CLIP") the softmax weight is exactly 1:
 there is nothing to pool, so no pooling layer is built and the features go straight to the adaptor.
+
+Serving appends items after training (``ItemEncoder.add_items``). A bundle's table may then be wider than
+the trained one (the new items brought more vectors), so the encoder keeps only the slots some item uses:
+the trained rows build the trained encoder again.
 """
 import torch
 from torch import nn
 
+from recbole_missrec.data.feature_store import FeatureStore
 from recbole_missrec.model.layers import MoEAdaptor
 
 POOL_ACTIVATIONS = {"none": nn.Identity, "relu": nn.ReLU}
@@ -38,6 +43,14 @@ class AttentionPooling(nn.Module):
         return (weights.unsqueeze(-2) @ vectors).squeeze(-2)
 
 
+def used_slots(store):
+    """The store without the trailing slots no item uses (a dataset's table has none; a bundle's table
+    grown by items added later may)."""
+    used = store.slot_mask.any(dim=0).nonzero()
+    width = int(used.max()) + 1 if used.numel() else 1
+    return store._replace(table=store.table[:, :width], slot_mask=store.slot_mask[:, :width])
+
+
 def _repool(encoder, incompatible_keys):
     """Load hook: a frozen pooling's cached result follows the pooling weights just loaded."""
     encoder.refresh_pooled()
@@ -50,7 +63,9 @@ class ItemEncoder(nn.Module):
                  pool_act="none"):
         super().__init__()
         self.pool_trainable = pool_trainable
+        self.pool_mask_pad = pool_mask_pad
         self.pooling = None
+        store = used_slots(store)
         if store.slots == 1:
             self.register_buffer("features", store.table[:, 0], persistent=False)  # [N, D]
         else:
@@ -78,6 +93,32 @@ class ItemEncoder(nn.Module):
         if not self.pool_trainable:
             return self.pooled_table[item_ids]
         return self.pooling(self.features[item_ids], self.slot_mask[item_ids])
+
+    @torch.no_grad()
+    def add_items(self, store):
+        """Append the feature rows of new items (``store``: a FeatureStore of them, no padding row); a frozen
+        pooling's cache gains their pooled rows. Without a pooling layer (trained on one vector per item)
+        a new item's vectors are averaged. The table widens to the larger slot count, except under the
+        reference pooling (``pool_mask_pad=False``), which weighs padded slots: widening would change the
+        trained items, so a new item keeps its first S vectors there. Returns how many new items lost
+        vectors that way."""
+        if self.pooling is None:
+            self.features = torch.cat([self.features, store.pooled().to(self.features)])
+            return 0
+        store = used_slots(store)
+        dropped = 0
+        if not self.pool_mask_pad and store.slots > self.slot_mask.shape[1]:
+            dropped = int(store.slot_mask[:, self.slot_mask.shape[1]:].any(dim=1).sum())
+            store = store._replace(table=store.table[:, :self.slot_mask.shape[1]],
+                                   slot_mask=store.slot_mask[:, :self.slot_mask.shape[1]])
+        own = FeatureStore(self.features, self.slot_mask, self.slot_mask.any(dim=1))
+        first = own.table.shape[0]
+        grown = own.extended(store.table.to(self.features), store.slot_mask.to(self.slot_mask))
+        self.features, self.slot_mask = grown.table, grown.slot_mask
+        if not self.pool_trainable:
+            new_rows = self.pooling(self.features[first:], self.slot_mask[first:])  # [n, D]
+            self.pooled_table = torch.cat([self.pooled_table, new_rows])
+        return dropped
 
     def forward(self, item_ids):
         return self.adaptor(self.pooled(item_ids))

@@ -25,7 +25,9 @@ no mixup).
 
 Hooks the plugin's trainers call: ``prepare_batch`` (pre-training augmentation draws) and ``gather_rows``
 (in-batch negatives from every data-parallel rank, when ``gather_negatives``); fine-tuning runs use
-``load_pretrained`` and ``freeze_backbone``.
+``load_pretrained`` and ``freeze_backbone``. The serving protocol (``recbole_missrec/serving/__init__.py``):
+``forward`` (the query, [B, M, d]), ``score``, ``add_items``, ``retrieval_vectors``, ``query_vectors``,
+``item_embeddings``.
 """
 from functools import partial
 
@@ -151,9 +153,15 @@ class MSM4SR(SequentialRecommender):
         of the cosines, renormalised over the modalities present.
         """
         if self.item_embedding is not None:
-            tokens = tokens + self.item_embedding(item_ids).unsqueeze(-2)
+            tokens = tokens + self.id_embedding(item_ids).unsqueeze(-2)
         weights = presence_weights(self.item_present[item_ids], tokens.dtype) * len(self.modalities)  # [C, M]
         return (F.normalize(tokens, dim=-1) * weights.unsqueeze(-1)).flatten(-2)
+
+    def id_embedding(self, item_ids):
+        """ID embeddings [*item_ids.shape, d]. Items added after training (``add_items``) have no row: they
+        read the padding row (zeros), so they are their features alone."""
+        trained = item_ids < self.item_embedding.num_embeddings
+        return self.item_embedding(item_ids.masked_fill(~trained, 0))
 
     # ---- sequences -------------------------------------------------------------------------------
     def sequence_tokens(self, tokens, item_seq):
@@ -170,7 +178,7 @@ class MSM4SR(SequentialRecommender):
         position = self.position_embedding(torch.arange(length, device=item_seq.device))  # [L, d]
         x = tokens + position.unsqueeze(1)
         if self.item_embedding is not None:
-            x = x + self.item_embedding(item_seq).unsqueeze(-2)
+            x = x + self.id_embedding(item_seq).unsqueeze(-2)
         x = self.dropout(self.LayerNorm(x)).transpose(1, 2).flatten(0, 1)  # [B*M, L, d]
         mask = self.get_attention_mask(item_seq).repeat_interleave(n_modalities, dim=0)  # causal + padding
         output = self.trm_encoder(x, mask, output_all_encoded_layers=True)[-1]
@@ -260,6 +268,61 @@ class MSM4SR(SequentialRecommender):
         mixup_max = self.mixup_max if self.mixup else None
         return add_augmentations(interaction, self.ITEM_SEQ, self.item_drop_max, mixup_max, self.per_sequence_rates,
                                  generator)
+
+    # ---- serving (protocol: recbole_missrec/serving/__init__.py) ---------------------------------
+    def score(self, query, item_ids):
+        """Scores [B, C] of candidates item_ids [C] for queries [B, M, d] (``forward``): the columns of
+        ``full_sort_predict``."""
+        return query.flatten(1) @ self.weighted_candidates(self.item_tokens(item_ids), item_ids).T
+
+    @torch.no_grad()
+    def add_items(self, stores):
+        """Append items ``n_items ..`` from their features alone (``stores``: {store name: FeatureStore of the
+        new rows, no padding row}): every modality's encoder gains their feature rows (``ItemEncoder.add_items``)
+        and the presence flags grow. Returns a note for the caller."""
+        if self.train_stage == "pretrain":
+            raise RuntimeError("add_items needs a fine-tuned MSM4SR (train_stage finetune or inductive_ft)")
+        missing = torch.stack([~stores[m].present for m in self.modalities], dim=1).to(self.item_present.device)
+        present = modality_presence(missing, self.mask_missing_modality)  # [n, M]
+        dropped = {m: self.item_encoders[m].add_items(stores[m]) for m in self.modalities}
+        self.item_present = torch.cat([self.item_present, present])
+        n = present.shape[0]
+        self.n_items += n
+        note = f"{n} new item{'s' * (n != 1)}, encoded from their features"
+        lacking = int(missing.any(dim=1).sum())
+        if lacking:
+            note += f" ({lacking} without every modality, treated as in training)"
+        for modality, count in dropped.items():
+            if count:
+                note += (f"; {count} kept only the first {self.item_encoders[modality].slot_mask.shape[1]} "
+                         f"{modality} vectors (pool_mask_pad=False pools a fixed slot count)")
+        if self.item_embedding is not None:
+            note += ("; fine-tuned with item IDs: new items have no ID embedding, so they read the padding row "
+                     "(zeros) as candidates and in histories: their features alone")
+        return note
+
+    @torch.no_grad()
+    def retrieval_vectors(self, item_ids):
+        """{"fused": (``weighted_candidates`` [C, M*d], all usable)}: their inner product with the flattened
+        query is the score exactly."""
+        vectors = self.weighted_candidates(self.item_tokens(item_ids), item_ids)
+        return {"fused": (vectors, torch.ones_like(item_ids, dtype=torch.bool))}
+
+    def query_vectors(self, query):
+        """{"fused": the query flattened, [B, M*d]}."""
+        return {"fused": query.flatten(1)}
+
+    @torch.no_grad()
+    def item_embeddings(self, item_ids):
+        """What ``score`` uses, for export: ``vectors`` [C, M*d], modality blocks in the order of
+        ``self.modalities``; block m is the item's unit vector of modality m (its adapted features, plus its
+        ID embedding when fine-tuned with IDs, then L2-normalised) times M / (modalities the item has), zero
+        for a missing one.
+
+        score(q, item) = q.flatten() . vectors[item], q [M, d] the unit sequence vectors (``forward``), one per
+        modality: the sum of the cosines of the present modalities, renormalised to M of them. Training
+        divides it by ``temperature``, which does not change the ranking."""
+        return {"vectors": self.weighted_candidates(self.item_tokens(item_ids), item_ids)}
 
     # ---- transfer --------------------------------------------------------------------------------
     def load_pretrained(self, state_dict):

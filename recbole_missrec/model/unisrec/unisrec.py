@@ -13,6 +13,8 @@ are L2-normalised, and every stage scores by cosine / temperature.
   checkpoint and ``freeze_backbone`` fixes what the reference's ``fix_enc`` fixes.
 
 The model reads the ``text`` feature store only: a dataset's images are ignored (UniSRec.yaml loads none).
+The serving protocol (``recbole_missrec/serving/__init__.py``): ``forward`` (the query, [B, d]), ``score``,
+``add_items``, ``retrieval_vectors``, ``query_vectors``, ``item_embeddings``.
 """
 from functools import partial
 
@@ -114,8 +116,14 @@ class UniSRec(SequentialRecommender):
         """Unit item vectors [C, d] of the items' MoE tokens [C, d]: plus the ID embedding in transductive
         fine-tuning, then L2-normalised."""
         if self.item_embedding is not None:
-            tokens = tokens + self.item_embedding(item_ids)
+            tokens = tokens + self.id_embedding(item_ids)
         return F.normalize(tokens, dim=-1)
+
+    def id_embedding(self, item_ids):
+        """ID embeddings [*item_ids.shape, d]. Items added after training (``add_items``) have no row: they
+        read the padding row (zeros), so they are their text alone."""
+        trained = item_ids < self.item_embedding.num_embeddings
+        return self.item_embedding(item_ids.masked_fill(~trained, 0))
 
     # ---- sequences -------------------------------------------------------------------------------
     def encode(self, item_seq, item_seq_len, tokens):
@@ -124,7 +132,7 @@ class UniSRec(SequentialRecommender):
         position = self.position_embedding(torch.arange(item_seq.shape[1], device=item_seq.device))  # [L, d]
         x = tokens + position
         if self.item_embedding is not None:
-            x = x + self.item_embedding(item_seq)
+            x = x + self.id_embedding(item_seq)
         x = self.dropout(self.LayerNorm(x))
         output = self.trm_encoder(x, self.get_attention_mask(item_seq), output_all_encoded_layers=True)[-1]
         return F.normalize(self.gather_indexes(output, item_seq_len - 1), dim=-1)
@@ -189,6 +197,49 @@ class UniSRec(SequentialRecommender):
             return interaction
         return add_view(interaction, self.ITEM_SEQ, self.ITEM_SEQ_LEN, self.item_drop_ratio, self.item_drop_prob,
                         self.per_sequence_views, self.item_drop_mode, generator)
+
+    # ---- serving (protocol: recbole_missrec/serving/__init__.py) ---------------------------------
+    def score(self, query, item_ids):
+        """Cosines [B, C] of queries [B, d] (``forward``) with candidates item_ids [C]: the columns of
+        ``full_sort_predict``."""
+        return query @ self.candidates(self.item_tokens(item_ids), item_ids).T
+
+    @torch.no_grad()
+    def add_items(self, stores):
+        """Append items ``n_items ..`` from their text features alone (``stores``: {store name: FeatureStore of
+        the new rows, no padding row}; several vectors of an item are averaged, as in training). Returns a note
+        for the caller."""
+        if self.train_stage == "pretrain":
+            raise RuntimeError("add_items needs a fine-tuned UniSRec (train_stage inductive_ft or transductive_ft)")
+        text = stores["text"].pooled().to(self.text_features)  # [n, D]
+        self.text_features = torch.cat([self.text_features, text])
+        n = text.shape[0]
+        self.n_items += n
+        note = f"{n} new item{'s' * (n != 1)} encoded from their text features"
+        if self.item_embedding is not None:
+            note += ("; transductive model: new items have no ID embedding, so they read the padding row (zeros) "
+                     "as candidates and in histories: their text alone")
+        return note
+
+    @torch.no_grad()
+    def retrieval_vectors(self, item_ids):
+        """{"fused": (unit item vectors [C, d], all usable)}: their inner product with the query is the score
+        exactly."""
+        return {"fused": (self.candidates(self.item_tokens(item_ids), item_ids),
+                          torch.ones_like(item_ids, dtype=torch.bool))}
+
+    def query_vectors(self, query):
+        """{"fused": the query [B, d]}."""
+        return {"fused": query}
+
+    @torch.no_grad()
+    def item_embeddings(self, item_ids):
+        """What ``score`` uses, for export: ``vectors`` [C, d], every item's unit vector: MoE(text), plus its ID
+        embedding in transductive fine-tuning (none for items added later), L2-normalised.
+
+        score(q, item) = q . vectors[item] (a cosine), q the unit sequence vector (``forward``). Training
+        divides it by ``temperature``, which does not change the ranking."""
+        return {"vectors": self.candidates(self.item_tokens(item_ids), item_ids)}
 
     # ---- transfer --------------------------------------------------------------------------------
     def load_pretrained(self, state_dict):
