@@ -1,6 +1,7 @@
 """Where content helps: accuracy on rare and unseen items.
 
     python benchmarks/coldstart.py buckets --results benchmarks/results/Scientific
+    python benchmarks/coldstart.py new-items --dataset Scientific --data_path data --seeds 1 2 3
 
 ``buckets`` (protocol a): every finished run of a ``benchmarks/run.py`` sweep is reloaded from its
 checkpoint (``load_data_and_model``), its test rows are ranked against all items, and HIT/NDCG@10 are
@@ -8,22 +9,42 @@ reported per popularity bucket of the test target: how often the item occurs in 
 interactions (as a target or in a history): 0, 1-4, 5-9, 10-19, >= 20. Mean ± std over the seeds of each
 variant, the bucket sizes, a plot. Writes <results>/coldstart_buckets.json, .md and .png.
 
-The published papers claim gains on cold-start and long-tail items without a protocol; this is ours.
+``new-items`` (protocol b): a seeded random share of the items (``--holdout``, 10 %; ``--split-seed``) is
+removed from training and validation entirely (``new_items.py`` has the exact rule); every model is trained
+without them by ``benchmarks/run.py`` on the derived dataset ``<dataset>-new`` (its records in
+``--sweep-out``, default benchmarks/results/<dataset>-new; resumable); then the held-out items are added
+to each trained model from their features (plugin models: ``add_items`` through the serving API; SASRec:
+untrained ID rows, the floor), and the original test rows whose target is held out are ranked against all
+items: HIT/NDCG@10 of the top 10. For contrast, the test rows of the derived dataset (warm targets), ranked
+the same way, and the expectation of a random ranking. Writes <out>/coldstart_new_items.json, .md and .png
+(default out: benchmarks/results/<dataset>).
+
+The published papers claim gains on cold-start and long-tail items without a protocol; these are ours.
 """
 import argparse
 import glob
 import json
 import math
 import os
+import shlex
 import sys
 from statistics import mean, stdev
+from time import perf_counter
 
 import torch
 
+import run as sweep_harness
+from new_items import (
+    PARTS, cases_of, make_split, plugin_top_k, ranks_in_top_k, read_parts, sasrec_top_k, write_derived,
+)
 from recbole_missrec.atomic import atomic_open, atomic_write_json
+from variants import VARIANTS
 
 BUCKETS = ((0, 0), (1, 4), (5, 9), (10, 19), (20, None))
 K = 10
+HERE = os.path.dirname(os.path.abspath(__file__))
+NEW_ITEM_MODELS = ["MISSRec-inductive", "MISSRec-transductive", "MSM4SR-inductive", "SASRec"]
+CASES = {"new": "held-out targets", "warm": "warm targets"}
 
 
 def bucket_name(low, high):
@@ -115,20 +136,22 @@ def markdown(table, metric):
     return "\n".join(lines)
 
 
-def plot(table, path, title):
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+def bar_chart(path, title, groups, series, xlabel=None, reference=None):
+    """A PNG of grouped bars: ``series`` {label: [(mean, std) per group]}, std as error bars; ``reference``
+    (label, value): a dashed horizontal line."""
     from report import pyplot
 
     plt = pyplot()
-    buckets = [bucket_name(low, high) for low, high in BUCKETS]
     figure, axis = plt.subplots(figsize=(9, 4.5))
-    width = 0.8 / len(table)
-    for index, (variant, row) in enumerate(table.items()):
-        values = [row[b].get("ndcg@10", (math.nan, 0.0)) for b in buckets]
-        axis.bar([i + index * width for i in range(len(buckets))], [v[0] for v in values], width,
-                 yerr=[v[1] for v in values], capsize=3, label=variant)
-    axis.set_xticks([i + width * (len(table) - 1) / 2 for i in range(len(buckets))], buckets)
-    axis.set_xlabel("training interactions of the test target")
+    width = 0.8 / len(series)
+    for index, (label, values) in enumerate(series.items()):
+        axis.bar([i + index * width for i in range(len(groups))], [v[0] for v in values], width,
+                 yerr=[v[1] for v in values], capsize=3, label=label)
+    if reference:
+        axis.axhline(reference[1], color="grey", linestyle="--", linewidth=1, label=reference[0])
+    axis.set_xticks([i + width * (len(series) - 1) / 2 for i in range(len(groups))], groups, fontsize=8)
+    if xlabel:
+        axis.set_xlabel(xlabel)
     axis.set_ylabel("test NDCG@10 (mean ± std over seeds)")
     axis.set_title(title)
     axis.legend(fontsize=7)
@@ -136,6 +159,12 @@ def plot(table, path, title):
     with atomic_open(path, "wb") as handle:
         figure.savefig(handle, format="png", dpi=110)
     plt.close(figure)
+
+
+def plot(table, path, title):
+    buckets = [bucket_name(low, high) for low, high in BUCKETS]
+    series = {variant: [row[b].get("ndcg@10", (math.nan, 0.0)) for b in buckets] for variant, row in table.items()}
+    bar_chart(path, title, buckets, series, xlabel="training interactions of the test target")
 
 
 def run_buckets(args):
@@ -164,7 +193,223 @@ def run_buckets(args):
     print(text)
 
 
+# ---- protocol (b): new items ----------------------------------------------------------------------
+def new_item_variants(names):
+    """The chosen variants: plugin models (served through ``add_items``) and SASRec (the floor)."""
+    from recbole_missrec.utils import get_model, is_plugin_model
+
+    def usable(name):
+        variant = VARIANTS.get(name)
+        return variant is not None and not variant.pretrained and (
+            variant.model == "SASRec" or is_plugin_model(get_model(variant.model)))
+
+    refused = [name for name in names if not usable(name)]
+    if refused:
+        raise SystemExit(f"new-items ranks plugin variants (new items through add_items) and SASRec; not {refused}")
+    return list(names)
+
+
+def settle_split(path, record):
+    """Write the split record, or check that the one already there (from earlier runs of this sweep) is the
+    same split: the trained runs belong to it."""
+    if os.path.isfile(path):
+        with open(path) as handle:
+            earlier = json.load(handle)
+        keys = ("holdout", "split_seed", "held_out")
+        if any(earlier.get(key) != record[key] for key in keys):
+            raise SystemExit(f"{path} records another split (holdout {earlier.get('holdout')}, split seed "
+                             f"{earlier.get('split_seed')}): its runs were trained without other items; choose "
+                             f"another --sweep-out and --work")
+    atomic_write_json(path, record, indent=1)
+
+
+def sweep_argv(args, name, work, sweep_out, variants):
+    """benchmarks/run.py's arguments for the derived dataset: the same budget options, the source dataset's
+    yaml (properties/dataset/<name>.yaml, found by name in normal runs) before the user's files."""
+    from recbole_missrec.config import properties_dir
+
+    dataset_yaml = os.path.join(properties_dir(), "dataset", f"{name}.yaml")
+    config_files = ([dataset_yaml] if os.path.isfile(dataset_yaml) else []) + args.config_files
+    argv = ["--dataset", f"{name}-new", "--data_path", os.path.join(work, "data"), "--models", *variants,
+            "--seeds", *map(str, args.seeds), "--out", sweep_out, "--work", work]
+    if config_files:
+        argv += ["--config-files", *config_files]
+    options = {"--epochs": args.epochs, "--stopping-step": args.stopping_step, "--threads": args.threads}
+    for flag, value in options.items():
+        if value is not None:
+            argv += [flag, str(value)]
+    for pair in args.overrides:
+        argv += ["--set", pair]
+    return argv + (["--quick"] if args.quick else []) + (["--no-plot"] if args.no_plot else [])
+
+
+def evaluate_new_item_run(record, data_path, new_tokens, cases, targets, work):
+    """Metrics of one trained run on every case set after the new items joined it."""
+    clock = perf_counter()
+    if record["model"] == "SASRec":
+        top, note = sasrec_top_k(record["checkpoint"], data_path, new_tokens, cases, K, record["seed"]), None
+    else:
+        top, note = plugin_top_k(record["checkpoint"], data_path, new_tokens, cases, K, os.path.join(work, "tmp"))
+    result = {name: metrics_at_k(ranks_in_top_k(top[name], targets[name], K)) for name in cases}
+    result.update({"note": note, "seconds": perf_counter() - clock,
+                   "recbole_test_ndcg@10": record["test"]["ndcg@10"]})
+    return result
+
+
+def random_expectation(items):
+    """HIT/NDCG@10 of a uniformly random ranking of ``items`` candidates."""
+    return {"hit@10": K / items, "ndcg@10": sum(1 / math.log2(rank + 2) for rank in range(K)) / items}
+
+
+def new_items_table(report):
+    """Markdown rows: the random ranking, then mean ± std over seeds of every variant."""
+    chance, case_names = report["random"], list(CASES.values())
+    lines = [f"| model | seeds | {case_names[0]}: HIT@10 | NDCG@10 | {case_names[1]}: HIT@10 | NDCG@10 | RecBole test "
+             f"NDCG@10 (warm rows, trained items only) |", "|---" * 7 + "|",
+             "| random ranking | | " + f"{chance['hit@10']:.4f} | {chance['ndcg@10']:.4f} | " * 2 + " |"]
+    for variant, row in report["table"].items():
+        cells = [f"{row[case][metric][0]:.4f} ± {row[case][metric][1]:.4f}" for case in CASES
+                 for metric in ("hit@10", "ndcg@10")]
+        recbole = mean(result["recbole_test_ndcg@10"] for result in report["per_run"][variant])
+        seeds = ", ".join(map(str, report["seeds"][variant]))
+        lines.append(f"| {variant} | {seeds} | " + " | ".join(cells) + f" | {recbole:.4f} |")
+    return "\n".join(lines)
+
+
+def new_items_markdown(name, report):
+    split, counts = report["split"], report["split"]["counts"]
+    rows = counts["rows"]
+    trained_rows = ", ".join(f"{part} {rows[part]['derived']} of {rows[part]['source']} rows" for part in PARTS)
+    lost = f" (and the {counts['vanished']} the derived files lost)" if counts["vanished"] else ""
+    setting = (
+        f"{counts['held_out']} of {counts['items']} items held out (share {split['holdout']}, split seed "
+        f"{split['split_seed']}); trained on the other {counts['trained_items']}: {trained_rows}. Ranked against all "
+        f"{counts['items']} items once the held-out ones{lost} were added: {counts['new_item_rows']} test rows with a "
+        f"held-out target ({counts['new_item_rows_with_held_out_history']} of their histories hold held-out items "
+        f"too) and the {rows['test']['derived']} warm test rows of the derived data. HIT/NDCG@10 of the top 10, "
+        f"nothing excluded; mean ± std over seeds."
+    )
+    notes = [f"- {variant}: {note}" for variant, note in report["notes"].items()]
+    notes.append("- SASRec: untrained ID rows, N(0, initializer_range) as SASRec initialises them (seeded by the "
+                 "run's seed): the floor.")
+    machine = report["machine"]
+    budgets = "; ".join(json.dumps(budget) for budget in report["budgets"])
+    return (f"# {name}: new items (cold-start protocol b)\n\n{setting}\n\n{new_items_table(report)}\n\n"
+            f"How new items were added:\n\n" + "\n".join(notes) + f"\n\nCommand: `{report['command']}`\n\n"
+            f"Machine: {machine['cpu']}, {machine['cores']} cores, {report['threads'] or 'default'} thread(s); "
+            f"budget: {budgets}\n")
+
+
+def plot_new_items(report, path, title):
+    table = report["table"]
+    series = {label: [table[variant][case]["ndcg@10"] for variant in table] for case, label in CASES.items()}
+    bar_chart(path, title, list(table), series, reference=("random ranking", report["random"]["ndcg@10"]))
+
+
+def prepare_split(args, source, name, sweep_out, work):
+    """The split of ``--holdout`` / ``--split-seed`` (checked against the sweep's earlier one) and the derived
+    dataset written to <work>/data/<name>-new. Returns (source benchmark files, split record)."""
+    parts = read_parts(source, name)
+    split, rows = make_split(parts, args.holdout, args.split_seed)
+    split = dict(source=source, holdout=args.holdout, split_seed=args.split_seed, **split)
+    if not split["counts"]["new_item_rows"]:
+        raise SystemExit(f"no test row of {name} has a held-out target ({split['counts']}): choose another "
+                         f"--split-seed or a larger --holdout")
+    os.makedirs(sweep_out, exist_ok=True)
+    settle_split(os.path.join(sweep_out, "split.json"), split)
+    write_derived(source, name, os.path.join(work, "data", f"{name}-new"), parts, rows)
+    print(f"{name}: {split['counts']}", flush=True)
+    return parts, split
+
+
+def evaluate_new_item_runs(variants, seeds, sweep_out, work, split, cases, targets):
+    """{variant: [result of every seed with a finished run]}, the seeds and the budgets of those runs."""
+    per_run, found, budgets = {}, {}, set()
+    for variant in variants:
+        for seed in seeds:
+            path = os.path.join(sweep_out, "runs", sweep_harness.run_id(variant, seed) + ".json")
+            record = sweep_harness.finished(path)
+            if record is None or not record.get("checkpoint"):
+                print(f"{variant} seed {seed}: no finished run with a checkpoint, left out", flush=True)
+                continue
+            result = evaluate_new_item_run(record, os.path.join(work, "data"), split["held_out"] + split["vanished"],
+                                           cases, targets, work)
+            per_run.setdefault(variant, []).append(result)
+            found.setdefault(variant, []).append(seed)
+            budgets.add(json.dumps(record["budget"], sort_keys=True))
+            print(f"{variant} seed {seed}: new-item NDCG@10 {result['new']['ndcg@10']:.4f}, warm "
+                  f"{result['warm']['ndcg@10']:.4f} ({result['seconds']:.0f}s)", flush=True)
+    if not per_run:
+        raise SystemExit(f"no finished run to evaluate in {sweep_out}/runs")
+    return per_run, found, [json.loads(budget) for budget in sorted(budgets)]
+
+
+def run_new_items(args):
+    source, name = sweep_harness.resolve_dataset(args)
+    derived_name = f"{name}-new"
+    variants = new_item_variants(args.models)
+    out = os.path.abspath(args.out or os.path.join(HERE, "results", name))
+    sweep_out = os.path.abspath(args.sweep_out or os.path.join(HERE, "results", derived_name))
+    work = os.path.abspath(args.work or os.path.join(HERE, "work", derived_name))
+    parts, split = prepare_split(args, source, name, sweep_out, work)
+    if args.split_only:
+        return
+    sweep_harness.main(sweep_argv(args, name, work, sweep_out, variants))
+
+    held = set(split["held_out"])
+    derived_test = read_parts(os.path.join(work, "data", derived_name), derived_name)["test"]
+    cases, targets = {}, {}
+    cases["new"], targets["new"] = cases_of(parts["test"], lambda target: target in held)
+    cases["warm"], targets["warm"] = cases_of(derived_test, lambda target: True)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    per_run, seeds, budgets = evaluate_new_item_runs(variants, args.seeds, sweep_out, work, split, cases, targets)
+    report = {
+        "dataset": name, "command": "python benchmarks/coldstart.py " + shlex.join(args.argv),
+        "machine": sweep_harness.machine(), "threads": args.threads, "split": split, "budgets": budgets,
+        "random": random_expectation(split["counts"]["items"]), "seeds": seeds,
+        "notes": {variant: results[0]["note"] for variant, results in per_run.items() if results[0]["note"]},
+        "per_run": per_run, "table": aggregate(per_run),
+    }
+    os.makedirs(out, exist_ok=True)
+    atomic_write_json(os.path.join(out, "coldstart_new_items.json"), report, indent=1)
+    text = new_items_markdown(name, report)
+    with atomic_open(os.path.join(out, "coldstart_new_items.md"), "w") as handle:
+        handle.write(text)
+    if not args.no_plot:
+        plot_new_items(report, os.path.join(out, "coldstart_new_items.png"), f"{name}: NDCG@10 on new and warm items")
+    print(text)
+
+
+def add_new_items_parser(commands):
+    parser = commands.add_parser("new-items", help="protocol (b): items held out of training, added afterwards")
+    parser.add_argument("--dataset", required=True, help="dataset name (with --data_path) or a dataset folder")
+    parser.add_argument("--data_path", default=None, help="folder holding <dataset>/")
+    parser.add_argument("--models", nargs="+", default=NEW_ITEM_MODELS, help="plugin variants and SASRec")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
+    parser.add_argument("--holdout", type=float, default=0.1, help="share of the items held out")
+    parser.add_argument("--split-seed", type=int, default=0, help="seed of the held-out draw (not of training)")
+    parser.add_argument("--epochs", type=int, default=None, help="as run.py: cap on training epochs")
+    parser.add_argument("--stopping-step", type=int, default=None, help="as run.py: early-stopping patience")
+    parser.add_argument("--quick", action="store_true", help="as run.py: one epoch per run, for smoke tests")
+    parser.add_argument("--config-files", nargs="*", default=[], help="as run.py: extra yaml files for every run")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="as run.py: a setting for every run")
+    parser.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of each run and of the ranking")
+    parser.add_argument("--out", default=None,
+                        help="where coldstart_new_items.* go (default benchmarks/results/<dataset>)")
+    parser.add_argument("--sweep-out", default=None,
+                        help="the training runs' records and split.json (default benchmarks/results/<dataset>-new)")
+    parser.add_argument("--work", default=None,
+                        help="derived data, logs, checkpoints (default benchmarks/work/<dataset>-new)")
+    parser.add_argument("--split-only", action="store_true",
+                        help="write the split and the derived data, train nothing")
+    parser.add_argument("--no-plot", action="store_true", help="no plots (no matplotlib needed)")
+    parser.set_defaults(run=run_new_items)
+
+
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     buckets = commands.add_parser("buckets", help="accuracy per popularity bucket of finished sweep runs")
@@ -172,7 +417,9 @@ def main(argv=None):
     buckets.add_argument("--models", nargs="*", help="variants to include (default: all finished)")
     buckets.add_argument("--data_path", help="where the runs' data lives now (default: as recorded)")
     buckets.set_defaults(run=run_buckets)
+    add_new_items_parser(commands)
     args = parser.parse_args(argv)
+    args.argv = argv
     args.run(args)
 
 

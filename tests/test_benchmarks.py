@@ -225,3 +225,65 @@ def test_training_counts_count_each_interaction_once():
     split = coldstart.bucket_metrics(ranks, torch.tensor([0, 2, 2, 25]))
     assert split["0"]["hit@10"] == 1.0 and split["1-4"]["rows"] == 2 and split["1-4"]["hit@10"] == 0.5
     assert split[">=20"]["ndcg@10"] == pytest.approx(1 / math.log2(11)) and split["5-9"]["rows"] == 0
+
+
+def test_new_items_protocol_end_to_end_on_the_toy_data(toy):
+    """Protocol (b) --quick: split, derived data, one sweep run per model, new items added, both row sets
+    ranked; MSM4SR-inductive keeps no per-item weight, so the served ranking must equal that of the same
+    weights over the whole catalogue from the start."""
+    import coldstart
+    import torch
+    from new_items import read_parts, write_derived
+
+    from recbole_missrec.quick_start import load_data_and_model
+
+    models = ["MISSRec-inductive", "MISSRec-transductive", "MSM4SR-inductive", "SASRec"]
+    coldstart.main(["new-items", "--dataset", "toy", "--data_path", str(toy), "--seeds", "1", "--quick",
+                    "--split-seed", "3", "--config-files", str(toy / "toy.yaml"), "--out", str(toy / "out"),
+                    "--sweep-out", str(toy / "sweep"), "--work", str(toy / "work"), "--threads", "1"])
+    report = json.loads((toy / "out" / "coldstart_new_items.json").read_text())
+    split, counts = report["split"], report["split"]["counts"]
+    held = set(split["held_out"])
+    assert counts["held_out"] == len(held) == 6 and counts["new_item_rows"] == 5 and split["vanished"] == ["1"]
+    derived = toy / "work" / "data" / "toy-new"
+    for part in ("train", "valid", "test"):
+        lines = (derived / f"toy-new.{part}.inter").read_text().splitlines()[1:]
+        assert len(lines) == counts["rows"][part]["derived"]
+        assert not {token for line in lines for token in line.split("\t", 1)[1].split()} & (held | {"1"})
+    assert os.path.islink(derived / "toy-new.feat1CLS") and os.path.islink(derived / "toy-new.item2index")
+    assert list(report["per_run"]) == models
+    for variant in models:
+        (result,) = report["per_run"][variant]
+        assert result["new"]["rows"] == 5 and result["warm"]["rows"] == counts["rows"]["test"]["derived"]
+    assert "the ID term is absent" in report["notes"]["MISSRec-transductive"] and "SASRec" not in report["notes"]
+    assert report["random"]["hit@10"] == pytest.approx(10 / 60)
+    assert "| MSM4SR-inductive | 1 |" in (toy / "out" / "coldstart_new_items.md").read_text()
+    assert (toy / "out" / "coldstart_new_items.png").read_bytes()[:4] == b"\x89PNG"
+
+    parts = read_parts(toy / "toy", "toy")  # the whole catalogue under the derived name
+    write_derived(toy / "toy", "toy", str(toy / "full" / "toy-new"), parts, {p: split.rows for p, split in parts.items()})
+    record = json.loads((toy / "sweep" / "runs" / "MSM4SR-inductive__seed1.json").read_text())
+    _, model, dataset, _, _, test_data = load_data_and_model(record["checkpoint"], str(toy / "full"))
+    ranks, targets = coldstart.target_ranks(model, test_data, "cpu")
+    new = torch.tensor([token in held for token in dataset.id2token("item_id", targets)])
+    expected = coldstart.metrics_at_k(ranks[new])
+    served = report["per_run"]["MSM4SR-inductive"][0]["new"]
+    assert expected["rows"] == 5 and expected["ndcg@10"] == pytest.approx(served["ndcg@10"], abs=1e-6)
+
+
+def test_sasrec_new_items_get_untrained_rows_as_sasrec_draws_them():
+    import types
+
+    import torch
+    from new_items import grow_item_embedding, ranks_in_top_k
+
+    trained = torch.nn.Embedding(5, 8, padding_idx=0)
+    model = types.SimpleNamespace(item_embedding=trained, initializer_range=0.02, n_items=5)
+    grow_item_embedding(model, 4000, torch.Generator().manual_seed(1))
+    rows = model.item_embedding.weight
+    assert model.n_items == 4005 and torch.equal(rows[:5], trained.weight)
+    assert float(rows[5:].std()) == pytest.approx(0.02, rel=0.02) and abs(float(rows[5:].mean())) < 1e-3
+    again = types.SimpleNamespace(item_embedding=trained, initializer_range=0.02, n_items=5)
+    grow_item_embedding(again, 4000, torch.Generator().manual_seed(1))
+    assert torch.equal(again.item_embedding.weight, rows)  # seeded
+    assert ranks_in_top_k([["a", "b"], ["c", "d"]], ["b", "x"], 2).tolist() == [1, 2]
