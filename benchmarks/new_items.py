@@ -207,7 +207,7 @@ def sasrec_top_k(checkpoint, data_path, new_tokens, cases, k, seed):
     from recbole_missrec.quick_start import load_data_and_model
 
     with quiet_argv():
-        config, model, dataset, _, _, _ = load_data_and_model(
+        _, model, dataset, _, _, _ = load_data_and_model(
             checkpoint, data_path, {"use_gpu": False, "show_progress": False, "state": "WARNING"})
     tokens = list(dataset.field2id_token[dataset.iid_field]) + list(new_tokens)
     ids = {str(token): item for item, token in enumerate(tokens) if item > 0}
