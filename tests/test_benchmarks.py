@@ -255,7 +255,7 @@ def test_new_items_protocol_end_to_end_on_the_toy_data(toy):
     for variant in models:
         (result,) = report["per_run"][variant]
         assert result["new"]["rows"] == 5 and result["warm"]["rows"] == counts["rows"]["test"]["derived"]
-    assert "the ID term is absent" in report["notes"]["MISSRec-transductive"] and "SASRec" not in report["notes"]
+    assert "ID cosine is 0" in report["notes"]["MISSRec-transductive"] and "SASRec" not in report["notes"]
     assert report["random"]["hit@10"] == pytest.approx(10 / 60)
     assert "| MSM4SR-inductive | 1 |" in (toy / "out" / "coldstart_new_items.md").read_text()
     assert (toy / "out" / "coldstart_new_items.png").read_bytes()[:4] == b"\x89PNG"

@@ -122,8 +122,13 @@ def test_every_family_adds_items_and_serves_them_two_stage(trained, tmp_path, mo
     reloaded.build_index(k_prime=2 * K if model != "MISSRec" else 31)  # MISSRec's index only bounds the score
     assert reloaded.index.size("fused") == 31
     two_stage = reloaded.recommend(histories, k=K)
-    assert [r["items"] for r in two_stage] == [r["items"] for r in exact]
     assert np.allclose([r["scores"] for r in two_stage], [r["scores"] for r in exact], atol=1e-5)
+    for approximate, full in zip(two_stage, exact):
+        # the twin ties with its original: scoring a subset of candidates may round a tie either way,
+        # so items may differ only where their scores tie with the k-th
+        swapped = set(approximate["items"]) ^ set(full["items"])
+        scores = dict(zip(approximate["items"] + full["items"], approximate["scores"] + full["scores"]))
+        assert all(abs(scores[item] - full["scores"][-1]) < 1e-5 for item in swapped)
 
 
 @pytest.mark.parametrize("model, stage", FAMILY_STAGES[2:])
@@ -153,19 +158,18 @@ def test_new_items_are_scaled_like_the_training_features(trained, tmp_path):
     assert scores["twin"] == pytest.approx(scores["9"], abs=1e-5)
 
 
-def test_transductive_new_items_are_scored_without_the_id_term(trained, tmp_path):
+def test_transductive_new_items_get_a_zero_id_cosine_on_the_trained_scale(trained, tmp_path):
     recommender = Recommender.load(bundle_copy(trained("transductive_ft"), tmp_path))
     model = recommender.model
     row = 4
     twin = {name: store.table[[row], 0].numpy() for name, store in recommender.stores.items()}
     note = recommender.add_items(["twin"], twin)
-    assert "the ID term is absent" in note
+    assert "ID cosine is 0" in note
     query = torch.from_numpy(recommender.sequence_embeddings([["1", "2", "3"]])["embeddings"])
     scores = model.score(query, torch.tensor([row, model.n_items - 1]))[0]
     items = torch.tensor([row])
     modal_only = model.modal_score(query, model.candidate_tokens(items), model.item_present[items])[0]
-    modal_only = modal_only / model.temperature
-    assert scores[1] == pytest.approx(float(modal_only), abs=1e-5)
+    assert scores[1] == pytest.approx(float(2 * modal_only / 3 / model.temperature), abs=1e-5)  # (0 + 2 mm) / 3
     assert abs(float(scores[0] - scores[1])) > 1e-3  # the existing item keeps its ID term
 
 

@@ -273,8 +273,9 @@ class MISSRec(SequentialRecommender):
         if self.item_embedding is not None:
             ids = self._id_vectors(item_ids)
             id_cosine = (seq_output * ids).sum(-1) if paired else seq_output @ ids.T
-            # Items added after training (add_items) have no ID embedding: the modality score alone.
-            logits = torch.where(self._has_id(item_ids), mix_id_score(id_cosine, logits), logits)
+            # Items added after training (add_items) have no ID embedding: their ID cosine is 0 in the same
+            # mix, so they stay on the trained items' scale (the modality score alone would outrank them).
+            logits = mix_id_score(id_cosine, logits)
         return logits / self.temperature
 
     def _has_id(self, item_ids):
@@ -368,8 +369,8 @@ class MISSRec(SequentialRecommender):
         note = (f"{n} new item{'s' * (n != 1)}: {int(present.sum())} item-modality tokens joined "
                 f"{torch.unique(lookup[present]).numel()} of the {self.n_interests} saved interests (nearest centroid)")
         if self.item_embedding is not None:
-            note += ("; transductive model: new items have no ID embedding, so they are scored by the fused "
-                     "modality cosine alone (the ID term is absent) and add no ID vector in a history")
+            note += ("; transductive model: new items have no ID embedding, so their ID cosine is 0 in the score "
+                     "(id + 2 * modalities) / 3, the trained items' scale, and they add no ID vector in a history")
         return note
 
     @torch.no_grad()
@@ -377,8 +378,8 @@ class MISSRec(SequentialRecommender):
         """{index name: (vectors [C, d], usable [C] bool)} whose inner products with the sequence vector bound
         ``score`` (times the temperature), so that an index's top items hold the top-scoring ones.
 
-        ``fused``: the mean of an item's normalised present modality tokens (transductive, items with an ID:
-        ``(id + 2 * mean) / 3``). Its inner product is the score under static fusion or f = 0, and an upper
+        ``fused``: the mean of an item's normalised present modality tokens (transductive: ``(id + 2 * mean) /
+        3``, id = 0 for items added after training). Its inner product is the score under static fusion or f = 0, and an upper
         bound with f < 0 (the softmax then leans on the smaller cosine). With f > 0 the score can exceed it,
         up to the largest single-modality term: then one more index per modality (its token, mixed with the
         ID as above) bounds it from above."""
@@ -389,9 +390,8 @@ class MISSRec(SequentialRecommender):
         for i, m in enumerate(self._retrieval_names()[1:]):
             vectors[m] = (tokens[:, i], present[:, i])
         if self.item_embedding is not None:
-            has_id, ids = self._has_id(item_ids).unsqueeze(-1), self._id_vectors(item_ids)
-            vectors = {name: (torch.where(has_id, mix_id_score(ids, term), term), usable)
-                       for name, (term, usable) in vectors.items()}
+            ids = self._id_vectors(item_ids)  # zeros for items added after training
+            vectors = {name: (mix_id_score(ids, term), usable) for name, (term, usable) in vectors.items()}
         return vectors
 
     def query_vectors(self, seq_output):
@@ -410,8 +410,8 @@ class MISSRec(SequentialRecommender):
         ``temperature``; transductive also ``id`` [C, d] (normalised) and ``has_id`` [C].
 
         score(s, item) = fused / temperature with cos_m = s . modality_tokens[m] over present m, weights
-        softmax(f * cos) (static: the mean), fused = sum_m w_m cos_m; transductive items with an ID:
-        fused = (s . id + 2 * fused) / 3. ``s`` is the L2-normalised sequence vector (``forward``)."""
+        softmax(f * cos) (static: the mean), fused = sum_m w_m cos_m; transductive: fused = (s . id + 2 * fused) / 3,
+        with id = 0 for items added after training (``has_id`` False). ``s`` is the L2-normalised sequence vector (``forward``)."""
         out = {"modality_tokens": self.candidate_tokens(item_ids), "present": self.item_present[item_ids],
                "temperature": torch.tensor(self.temperature)}
         if self.fusion_factor is not None:
