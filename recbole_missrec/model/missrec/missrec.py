@@ -22,7 +22,7 @@ from torch import nn
 from recbole_missrec.data.dataset import AUGMENTED_TEXT
 from recbole_missrec.model.layers import duplicate_mask, full_softmax_ce, in_batch_infonce, modality_presence
 from recbole_missrec.model.missrec.fusion import fuse_modalities, mix_id_score
-from recbole_missrec.model.missrec.interest import dpc_knn, kmeans, num_interests, unique_per_row
+from recbole_missrec.model.missrec.interest import METHODS, dpc_knn, kmeans, num_interests, unique_per_row
 from recbole_missrec.model.missrec.losses import diversity_penalty
 from recbole_missrec.model.missrec.views import VIEW_SEQ, VIEW_SEQ_LEN, VIEW_WORD_DROP, add_views
 
@@ -65,6 +65,7 @@ class MISSRec(SequentialRecommender):
         self.mask_missing_modality = config["mask_missing_modality"]
         self.reference_penalty = _choice(config, "diversity_penalty", ("masked_mean", "reference")) == "reference"
         self.interest_method = _choice(config, "interest_method", ("kmeans", "dpc_knn"))
+        self.kmeans_method = _choice(config, "kmeans_method", METHODS)
         self.kmeans_max_iter = config["kmeans_max_iter"]
         self.kmeans_tol = config["kmeans_tol"]
         self.dpc_knn_ratio = config["dpc_knn_ratio"]
@@ -176,9 +177,8 @@ class MISSRec(SequentialRecommender):
         present = self.item_present[1:]  # [N-1, M]
         points = self.modality_tokens(torch.arange(1, self.n_items, device=present.device))[present]  # [T, d]
         if self.interest_method == "kmeans":
-            centroids, labels = kmeans(
-                points, self.n_interests, max_iter=self.kmeans_max_iter, tol=self.kmeans_tol, generator=generator
-            )
+            centroids, labels = kmeans(points, self.n_interests, max_iter=self.kmeans_max_iter, tol=self.kmeans_tol,
+                                       generator=generator, method=self.kmeans_method)
         else:
             neighbours = math.ceil(points.shape[0] * self.dpc_knn_ratio)
             centroids, labels = dpc_knn(points, self.n_interests, neighbours, self.dpc_max_tokens)
