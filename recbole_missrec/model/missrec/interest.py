@@ -218,6 +218,11 @@ class CellIndex:
     its PROBES nearest cells, and a point is compared with the centroids filed under its home cell and
     with its current centroid; so one [cell points, filed centroids] product per cell, about
     N * PROBES * K / cells distances in all. Seeding: k-means++ inside every home cell (``seed``).
+
+    Between Lloyd steps the index keeps, for every point, a lower bound on its distance to the filed
+    centroids other than its own (Hamerly's bound): when the centroids move by at most delta, a point
+    whose own centroid is still nearer than bound - delta keeps it without any product. A cell that gains
+    a centroid it did not have has all its points compared again.
     """
 
     def __init__(self, x, norms, k, generator=None):
@@ -226,7 +231,10 @@ class CellIndex:
         coarse_points = min(x.shape[0], COARSE_SAMPLE_PER_CELL * cells)
         sample = torch.randperm(x.shape[0], generator=generator)[:coarse_points].to(x.device)
         self.coarse, _ = kmeans(x[sample], cells, max_iter=10, generator=generator, method="exact")
-        self.order, self.offsets = _grouped(assign(x, self.coarse, norms)[0], cells)  # points by home cell
+        home = assign(x, self.coarse, norms)[0]
+        self.home = home
+        self.order, self.offsets = _grouped(home, cells)  # points by home cell
+        self._last = None  # (centroids, labels, filed pairs, lower bounds) of the last assignment
 
     def cell_points(self, cell):
         return self.order[self.offsets[cell]:self.offsets[cell + 1]]
@@ -263,6 +271,38 @@ class CellIndex:
         counts = _draw_counts([masses[c] for c in by_size], k, generator).tolist()
         return self.x[torch.cat([rows[c][:count] for c, count in zip(by_size, counts)])]
 
+    def _file(self, centroids):
+        """Centroid ids grouped by the cells they are filed under, the run offsets, and the sorted
+        (cell * k + centroid) pairs."""
+        cells, k = self.coarse.shape[0], centroids.shape[0]
+        probes = min(PROBES, cells)
+        filed = torch.cat([  # [k, probes] the cells every centroid is filed under
+            squared_distances(block, self.coarse).topk(probes, dim=1, largest=False).indices
+            for block in centroids.split(_chunk_rows(cells))
+        ])
+        by_cell, offsets = _grouped(filed.flatten(), cells)
+        by_cell //= probes
+        pairs = filed.flatten()[torch.argsort(filed.flatten(), stable=True)] * k + by_cell
+        return by_cell, offsets, pairs
+
+    def _stale(self, centroids, labels, pairs):
+        """[n] bool: the points that need comparing again after the centroids moved (all of them when
+        ``labels`` are not the last assignment's). Decays the kept lower bounds by the largest move of
+        a centroid filed under the point's cell."""
+        if self._last is None or labels is not self._last[1] or centroids.shape != self._last[0].shape:
+            return None
+        previous, _, previous_pairs, lower = self._last
+        cells, k = self.coarse.shape[0], centroids.shape[0]
+        step = max(1, _DISTANCE_BUDGET // centroids.shape[1])
+        moved = torch.cat([(new - old).pow(2).sum(1).sqrt() for new, old in zip(centroids.split(step), previous.split(step))])
+        cell_of_pair = pairs // k
+        largest = torch.zeros(cells, dtype=moved.dtype, device=moved.device).scatter_reduce_(
+            0, cell_of_pair, moved[pairs % k], reduce="amax")  # [cells]
+        gained = torch.zeros(cells, dtype=torch.bool, device=moved.device)
+        gained[cell_of_pair[~torch.isin(pairs, previous_pairs)]] = True
+        lower -= largest[self.home]
+        return gained[self.home] | (lower <= 0)
+
     def assign(self, centroids, labels):
         """Approximate nearest centroid of every point: (labels [n] long, squared distance [n]).
 
@@ -271,18 +311,13 @@ class CellIndex:
         point with no candidate (its home cell has no centroid filed, first call) is compared with all.
         """
         x, norms = self.x, self.norms
-        cells = self.coarse.shape[0]
-        probes = min(PROBES, cells)
-        filed = torch.cat([  # [k, probes] the cells every centroid is filed under
-            squared_distances(block, self.coarse).topk(probes, dim=1, largest=False).indices
-            for block in centroids.split(_chunk_rows(cells))
-        ])
-        by_cell, offsets = _grouped(filed.flatten(), cells)
-        by_cell //= probes  # centroid ids, grouped by cell
+        by_cell, offsets, pairs = self._file(centroids)
+        stale = self._stale(centroids, labels, pairs)
+        lower = self._last[3] if stale is not None else torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
         centroid_norms = row_norms(centroids)
         new_labels = torch.empty(x.shape[0], dtype=torch.long, device=x.device)
         best = torch.empty(x.shape[0], dtype=x.dtype, device=x.device)
-        for cell in range(cells):
+        for cell in range(self.coarse.shape[0]):
             candidates = by_cell[offsets[cell]:offsets[cell + 1]]
             table, table_norms = centroids[candidates], centroid_norms[candidates]  # [c, d], [c]
             for block in self.cell_points(cell).split(max(1, _CACHE_BLOCK // max(candidates.numel(), 1))):
@@ -292,18 +327,39 @@ class CellIndex:
                     label = torch.full_like(block, -1)
                 else:
                     label = labels[block]
-                    value = point_norms + centroid_norms[label] - 2 * (points * centroids[label]).sum(1)
-                if candidates.numel():
-                    distance, nearest = torch.addmm(table_norms, points, table.T, alpha=-2).min(dim=1)
-                    distance += point_norms  # the point's own norm does not change which centroid is nearest
-                    better = distance < value
-                    value = torch.where(better, distance, value)
-                    label = torch.where(better, candidates[nearest], label)
-                best[block], new_labels[block] = value.clamp_min_(0), label
+                    value = (point_norms + centroid_norms[label] - 2 * (points * centroids[label]).sum(1)).clamp_min_(0)
+                if stale is not None:
+                    recheck = stale[block] | (value > lower[block].clamp_min(0).pow(2))
+                    best[block], new_labels[block] = value, label
+                    block, points, point_norms = block[recheck], points[recheck], point_norms[recheck]
+                    value, label = value[recheck], label[recheck]
+                if candidates.numel() and block.numel():
+                    value, label, lower[block] = _nearest_two(points, point_norms, table, table_norms, candidates,
+                                                              value, label)
+                best[block], new_labels[block] = value, label
         unreached = torch.nonzero(new_labels < 0).squeeze(1)
         if unreached.numel():
             new_labels[unreached], best[unreached] = assign(x[unreached], centroids, norms[unreached])
+            lower[unreached] = 0
+        self._last = (centroids, new_labels, pairs, lower)
         return new_labels, best
+
+
+def _nearest_two(points, point_norms, table, table_norms, candidates, value, label):
+    """The nearer of each point's current centroid (``value``: squared distance, ``label``) and its
+    nearest candidate, and a lower bound (Euclidean) on its distance to every other candidate."""
+    distance, nearest = torch.addmm(table_norms, points, table.T, alpha=-2).topk(
+        min(2, candidates.numel()), dim=1, largest=False)  # [b, 2], ascending
+    distance = (distance + point_norms[:, None]).clamp_min_(0)  # the point's own norm: not needed to rank
+    nearest = candidates[nearest]
+    better = distance[:, 0] < value
+    label = torch.where(better, nearest[:, 0], label)
+    value = torch.where(better, distance[:, 0], value)
+    if distance.shape[1] < 2:  # a single candidate: nothing else to bound
+        other = torch.where(nearest[:, 0] == label, float("inf"), distance[:, 0])
+    else:
+        other = torch.where(nearest[:, 0] == label, distance[:, 1], distance[:, 0])
+    return value, label, other.sqrt()
 
 
 def _cell_groups(widths):
