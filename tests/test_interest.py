@@ -4,7 +4,9 @@ import pytest
 import torch
 
 from recbole_missrec.model.missrec import interest
-from recbole_missrec.model.missrec.interest import assign, dpc_knn, kmeans, num_interests, unique_per_row
+from recbole_missrec.model.missrec.interest import (
+    CellIndex, allocate, assign, choose_method, dpc_knn, kmeans, num_interests, row_norms, unique_per_row,
+)
 
 
 def blobs(n_per=6, k=3, dim=5, spread=0.05, seed=0):
@@ -117,3 +119,151 @@ def test_unique_per_row_matches_python_sets():
 
 def test_unique_per_row_all_padding_keeps_one_column():
     assert unique_per_row(torch.zeros(3, 4, dtype=torch.long)).tolist() == [[0], [0], [0]]
+
+
+# ---- approximate k-means (CellIndex) ---------------------------------------------------------------
+
+def many_blobs(n_blobs=40, per=25, dim=12, seed=0):
+    """Blobs of different spreads, so that a good seeding gives the wide ones more centres."""
+    generator = torch.Generator().manual_seed(seed)
+    centres = torch.randn(n_blobs, dim, generator=generator) * 4
+    spread = (0.2 + torch.rand(n_blobs, 1, generator=generator)).repeat_interleave(per, 0)
+    return centres.repeat_interleave(per, 0) + spread * torch.randn(n_blobs * per, dim, generator=generator)
+
+
+@pytest.fixture
+def small_cells(monkeypatch):
+    """Many coarse cells on a small problem (8 centroids per cell instead of 128), so that the approximate
+    search really leaves most centroids out."""
+    monkeypatch.setattr(interest, "CENTROIDS_PER_CELL", 8)
+
+
+def total_inertia(points, result):
+    centroids, labels = result
+    return (points - centroids[labels]).pow(2).sum().item()
+
+
+@pytest.mark.parametrize("k, bound", [(500, 1.05), (100, 1.03)])
+def test_approx_inertia_is_close_to_exact(small_cells, k, bound):
+    points = many_blobs()
+    assert interest.num_cells(k) >= 12
+    ratios = []
+    for seed in range(3):
+        approx = kmeans(points, k, generator=torch.Generator().manual_seed(seed), method="approx")
+        exact = kmeans(points, k, generator=torch.Generator().manual_seed(seed), method="exact")
+        ratios.append(total_inertia(points, approx) / total_inertia(points, exact))
+    assert sum(ratios) / len(ratios) <= bound
+
+
+def test_approx_is_deterministic_under_a_seed_and_leaves_its_input(small_cells):
+    points = many_blobs()
+    before = points.clone()
+    first = kmeans(points, 300, generator=torch.Generator().manual_seed(4), method="approx")
+    second = kmeans(points, 300, generator=torch.Generator().manual_seed(4), method="approx")
+    other = kmeans(points, 300, generator=torch.Generator().manual_seed(5), method="approx")
+    assert torch.equal(points, before)
+    assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
+    assert not torch.equal(first[1], other[1])
+
+
+def test_approx_handles_duplicates_and_empty_clusters(small_cells):
+    generator = torch.Generator().manual_seed(1)
+    points = torch.cat([torch.ones(150, 5), torch.randn(50, 5, generator=generator)])  # 51 distinct points
+    centroids, labels = kmeans(points, 100, generator=torch.Generator().manual_seed(0), method="approx")
+    assert centroids.shape == (100, 5) and torch.isfinite(centroids).all()
+    assert labels.min() >= 0 and labels.max() < 100
+    assert labels.unique().numel() == 51  # every distinct point ends up with a centroid of its own
+    assert total_inertia(points, (centroids, labels)) == pytest.approx(0, abs=1e-6)
+
+
+def test_approx_with_k_equal_to_points_uses_every_cluster(small_cells):
+    points = torch.randn(300, 4, generator=torch.Generator().manual_seed(2))
+    _, labels = kmeans(points, 300, generator=torch.Generator().manual_seed(0), method="approx")
+    assert labels.unique().numel() == 300
+
+
+def test_approx_search_over_all_cells_is_exact(small_cells, monkeypatch):
+    points = many_blobs()
+    index = CellIndex(points, row_norms(points), 200, torch.Generator().manual_seed(0))
+    centroids = index.seed(200, torch.Generator().manual_seed(0))
+    monkeypatch.setattr(interest, "PROBES", index.coarse.shape[0])  # every centroid filed under every cell
+    labels, dist = index.assign(centroids, None)
+    exact_labels, exact_dist = assign(points, centroids)
+    assert torch.equal(labels, exact_labels)
+    assert torch.allclose(dist, exact_dist, atol=1e-3)
+
+
+def test_approx_assignment_never_moves_a_point_away(small_cells):
+    points = many_blobs()
+    index = CellIndex(points, row_norms(points), 200, torch.Generator().manual_seed(0))
+    centroids = index.seed(200, torch.Generator().manual_seed(0))
+    previous = torch.randint(200, (points.shape[0],), generator=torch.Generator().manual_seed(3))
+    labels, dist = index.assign(centroids, previous)
+    to_previous = (points - centroids[previous]).pow(2).sum(1)
+    assert (dist <= to_previous + 1e-4).all()
+    assert (labels != previous).any()
+
+
+def test_approx_seeding_draws_distinct_points_in_every_cell(small_cells):
+    points = many_blobs()
+    index = CellIndex(points, row_norms(points), 200, torch.Generator().manual_seed(0))
+    centroids = index.seed(200, torch.Generator().manual_seed(0))
+    rows = assign(centroids, points)[0]  # every seed is a data point
+    assert torch.equal(points[rows], centroids)
+    assert rows.unique().numel() == 200
+
+
+def test_seeding_gives_spread_out_cells_more_centres(monkeypatch):
+    monkeypatch.setattr(interest, "CENTROIDS_PER_CELL", 4)
+    generator = torch.Generator().manual_seed(0)
+    tight = torch.randn(500, 3, generator=generator) * 0.01
+    wide = torch.randn(500, 3, generator=generator) * 10 + 100
+    points = torch.cat([tight, wide])
+    counts = [0, 0]
+    for seed in range(3):
+        centroids = kmeans(points, 100, max_iter=0, generator=torch.Generator().manual_seed(seed), method="approx")[0]
+        counts[0] += int((centroids[:, 0] < 50).sum())
+        counts[1] += int((centroids[:, 0] >= 50).sum())
+    assert counts[1] > 2 * counts[0]  # k-means++-like; a split by point counts would give 50/50
+
+
+def test_allocate_is_proportional_and_exact():
+    sizes = torch.tensor([10, 0, 33, 7, 50])
+    quota = allocate(sizes, 40)
+    assert int(quota.sum()) == 40 and (quota <= sizes).all()
+    assert ((quota - sizes * 40 / 100).abs() < 1).all()
+    assert allocate(sizes, 100).tolist() == sizes.tolist()
+
+
+def test_draw_counts_respect_limits_and_give_every_cell_one():
+    masses = [torch.tensor([float("inf"), 8.0, 1.0]), torch.tensor([float("inf"), 100.0, 90.0, 80.0]),
+              torch.tensor([float("inf")])]
+    counts = interest._draw_counts(masses, 6, torch.Generator().manual_seed(0))
+    assert int(counts.sum()) == 6 and (counts >= 1).all()
+    assert (counts <= torch.tensor([3, 4, 1])).all()
+    assert counts[1] > counts[0]  # the second cell has far more mass left
+    assert interest._draw_counts(masses, 2, torch.Generator().manual_seed(0)).sum() == 2  # fewer than cells
+
+
+def test_auto_picks_exact_for_small_problems_and_approx_for_large_ones():
+    assert choose_method("auto", 3170, 1585, 300) == "exact"  # Scientific_mm_subset at ratio 0.5
+    assert choose_method("auto", 1_000_000, 20_000, 300) == "approx"
+    assert choose_method("auto", 1_000_000, 1024, 300) == "exact"  # too few cells to gain much
+    assert choose_method("exact", 1_000_000, 500_000, 300) == "exact"
+    with pytest.raises(ValueError, match="auto, exact, approx"):
+        choose_method("fast", 10, 2, 3)
+
+
+def test_auto_on_a_small_problem_is_the_exact_path():
+    points = torch.randn(400, 16, generator=torch.Generator().manual_seed(0))
+    auto = kmeans(points, 200, generator=torch.Generator().manual_seed(1))
+    exact = kmeans(points, 200, generator=torch.Generator().manual_seed(1), method="exact")
+    assert torch.equal(auto[0], exact[0]) and torch.equal(auto[1], exact[1])
+
+
+def test_progress_bars_do_not_change_the_result(small_cells, capsys):
+    points = many_blobs()
+    quiet = kmeans(points, 100, generator=torch.Generator().manual_seed(0), method="approx")
+    shown = kmeans(points, 100, generator=torch.Generator().manual_seed(0), method="approx", show_progress=True)
+    assert torch.equal(quiet[1], shown[1])
+    assert "k-means" in capsys.readouterr().err

@@ -171,3 +171,21 @@ def test_unknown_options_are_refused():
         MISSRec(model_config(seq_mm_fusion="concat"), fake_dataset())
     with pytest.raises(ValueError, match="train_stage"):
         MISSRec(model_config(train_stage="pretrain_typo"), fake_dataset())
+    with pytest.raises(ValueError, match="kmeans_method"):
+        MISSRec(model_config(kmeans_method="fast"), fake_dataset())
+
+
+def test_kmeans_method_reaches_interest_discovery(monkeypatch):
+    from recbole_missrec.model.missrec import missrec
+
+    seen = []
+
+    def recording_kmeans(*args, method, **kwargs):
+        seen.append(method)
+        return kmeans(*args, method=method, **kwargs)
+
+    kmeans = missrec.kmeans
+    monkeypatch.setattr(missrec, "kmeans", recording_kmeans)
+    approx = build(kmeans_method="approx")
+    assert seen == ["approx"] and approx.interest_lookup[1:].max() > 0
+    assert torch.equal(build(kmeans_method="auto").interest_lookup, build(kmeans_method="exact").interest_lookup)

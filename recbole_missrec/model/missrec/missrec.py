@@ -28,7 +28,7 @@ from recbole_missrec.model.layers import (
     transfer_weights,
 )
 from recbole_missrec.model.missrec.fusion import fuse_modalities, mix_id_score
-from recbole_missrec.model.missrec.interest import assign, dpc_knn, kmeans, num_interests, unique_per_row
+from recbole_missrec.model.missrec.interest import METHODS, assign, dpc_knn, kmeans, num_interests, unique_per_row
 from recbole_missrec.model.missrec.losses import diversity_penalty
 from recbole_missrec.model.missrec.views import VIEW_SEQ, VIEW_SEQ_LEN, VIEW_WORD_DROP, add_views
 
@@ -69,8 +69,10 @@ class MISSRec(SequentialRecommender):
         self.mask_missing_modality = config["mask_missing_modality"]
         self.reference_penalty = _choice(config, "diversity_penalty", ("masked_mean", "reference")) == "reference"
         self.interest_method = _choice(config, "interest_method", ("kmeans", "dpc_knn"))
+        self.kmeans_method = _choice(config, "kmeans_method", METHODS)
         self.kmeans_max_iter = config["kmeans_max_iter"]
         self.kmeans_tol = config["kmeans_tol"]
+        self.show_progress = bool(config["show_progress"])
         self.dpc_knn_ratio = config["dpc_knn_ratio"]
         self.dpc_max_tokens = config["dpc_max_tokens"]
         self.new_modality_init = _choice(config, "new_modality_init", ("default", "zero"))
@@ -169,9 +171,9 @@ class MISSRec(SequentialRecommender):
         present = self.item_present[1:]  # [N-1, M]
         points = self.modality_tokens(torch.arange(1, self.n_items, device=present.device))[present]  # [T, d]
         if self.interest_method == "kmeans":
-            centroids, labels = kmeans(
-                points, self.n_interests, max_iter=self.kmeans_max_iter, tol=self.kmeans_tol, generator=generator
-            )
+            centroids, labels = kmeans(points, self.n_interests, max_iter=self.kmeans_max_iter, tol=self.kmeans_tol,
+                                       generator=generator, method=self.kmeans_method,
+                                       show_progress=self.show_progress)
         else:
             neighbours = math.ceil(points.shape[0] * self.dpc_knn_ratio)
             centroids, labels = dpc_knn(points, self.n_interests, neighbours, self.dpc_max_tokens)
