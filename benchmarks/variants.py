@@ -44,6 +44,9 @@ VARIANTS = {
         Variant("UniSRec-inductive+pretrained", "UniSRec", {"train_stage": "inductive_ft"}, pretrained=True),
         Variant("UniSRec-transductive+pretrained", "UniSRec", {"train_stage": "transductive_ft"}, pretrained=True),
         Variant("SASRec", "SASRec"),
+        # RecBole's SASRec on the plugin's length-aware loader (batches cut to their longest history, from
+        # length buckets); plain "SASRec" keeps RecBole's padded loader.
+        Variant("SASRec-length-aware", "SASRec", {"trim_batches": True, "length_buckets": 16}),
         Variant("GRU4Rec", "GRU4Rec", {"embedding_size": HIDDEN_SIZE}),
         Variant("BERT4Rec", "BERT4Rec"),
         Variant("FDSA", "FDSA", {"selected_features": [CATEGORY_FIELD]}, needs_attributes=True),
