@@ -204,6 +204,24 @@ def test_approx_assignment_never_moves_a_point_away(small_cells):
     assert (labels != previous).any()
 
 
+def test_approx_bounds_skip_only_points_whose_centroid_stays_nearest(small_cells):
+    """After a Lloyd update, the bound-based skipping gives the assignment a full search over the filed
+    candidates gives (a fresh index state), step after step."""
+    points = many_blobs()
+    index = CellIndex(points, row_norms(points), 200, torch.Generator().manual_seed(0))
+    centroids = index.seed(200, torch.Generator().manual_seed(0))
+    labels, dist = index.assign(centroids, None)
+    for _ in range(3):
+        centroids = interest._update_centroids(points, labels, centroids, dist)
+        saved = index._last
+        index._last = None
+        full_labels, full_dist = index.assign(centroids, labels)
+        index._last = saved
+        labels, dist = index.assign(centroids, labels)
+        assert torch.equal(labels, full_labels)
+        assert torch.allclose(dist, full_dist, rtol=1e-4, atol=1e-3)  # float32 norm expansion vs direct difference
+
+
 def test_approx_seeding_draws_distinct_points_in_every_cell(small_cells):
     points = many_blobs()
     index = CellIndex(points, row_norms(points), 200, torch.Generator().manual_seed(0))
