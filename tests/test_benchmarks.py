@@ -190,6 +190,39 @@ def test_scaling_quick_writes_its_figures(tmp_path):
     assert "| tokens |" in (out / "scaling.md").read_text()
 
 
+def test_scaling_parts_keep_the_other_parts_rows(tmp_path):
+    out = tmp_path / "scaling"
+    for parts in (["kmeans", "discovery"], ["quality"]):
+        command = [sys.executable, os.path.join(BENCHMARKS, "scaling.py"), "--quick", "--out", str(out), "--parts", *parts]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    figures = json.loads((out / "scaling.json").read_text())
+    assert {"kmeans", "discovery", "quality"} <= set(figures) and "scoring" not in figures
+    assert [(row["ratio"], row["method"]) for row in figures["discovery"]] == [(0.02, "exact"), (0.5, "exact")]
+    assert all(row["k"] == math.ceil(row["ratio"] * row["tokens"]) for row in figures["discovery"])
+    gaussian = [row for row in figures["quality"] if row["kind"] == "gaussian"]
+    assert len(gaussian) == 2 and all(0.9 < row["ratio_to_exact"] < 1.1 for row in gaussian)
+    assert "### kmeans" in (out / "scaling.md").read_text() and "### quality" in (out / "scaling.md").read_text()
+
+
+def test_step_profile_times_every_part(toy):
+    out = toy / "profile"
+    command = [sys.executable, os.path.join(BENCHMARKS, "step_profile.py"), "--dataset", "toy", "--data_path", str(toy),
+               "--config-files", str(toy / "toy.yaml"), "--lengths", "2", "4", "--batch", "16", "--repeats", "1",
+               "--set", "hidden_size=16", "--set", "inner_size=16", "--out", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=toy)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    figures = json.loads((out / "step_profile.json").read_text())
+    assert list(figures["lengths"]) == ["2", "4"]
+    for parts in figures["lengths"].values():
+        assert set(parts) == {"candidate tokens (no grad)", "sequence encoding (no grad)", "forward with loss",
+                              "whole step (forward, backward, Adam)"}
+        assert all(math.isfinite(value) and value >= 0 for value in parts.values())
+    shares = [row["share"] for row in figures["operators"]]
+    assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1 + 1e-9
+    assert "| 4 |" in (out / "step_profile.md").read_text()
+
+
 def test_the_harness_runs_without_matplotlib(tmp_path, monkeypatch):
     """--help and --no-plot need no matplotlib; a plot without it names the extra to install."""
     blocker = tmp_path / "blocked" / "matplotlib"
