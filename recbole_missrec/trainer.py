@@ -129,6 +129,7 @@ class SafeCheckpointMixin:
         os.makedirs(config["checkpoint_dir"], exist_ok=True)
         with recbole_deprecations_silenced():
             super().__init__(config, model)
+        self.saved_model_file = _with_pid(self.saved_model_file)
         offset = int(config["metric_topk_offset"] or 0)
         if offset:
             shifted = shifted_config(config, offset)
@@ -235,6 +236,13 @@ class NullWriter:
         return lambda *args, **kwargs: None
 
 
+def _with_pid(path):
+    """RecBole names a checkpoint by model and time to the second, so two runs started in the same second
+    in one folder wrote (and reloaded) one file; the process id makes the name the run's own."""
+    stem, suffix = os.path.splitext(path)
+    return f"{stem}-{os.getpid()}{suffix}"
+
+
 class HookedStepMixin:
     """Calls the model's hooks (see the module docstring) and runs each optimisation step, data-parallel
     under ``torchrun``: the global batch from the loader (``prepare_batch`` may extend it), cut to this
@@ -259,7 +267,7 @@ class HookedStepMixin:
         self.train_loss = distributed.loss_function(model)
         if distributed.is_distributed() and hasattr(model, "gather_rows"):
             model.gather_rows = distributed.gather_rows
-        self.saved_model_file = distributed.broadcast_object(self.saved_model_file)  # names carry a time
+        self.saved_model_file = distributed.broadcast_object(self.saved_model_file)  # names carry a time and pid
         self._epoch = 0
         self._batch_generator = None
 

@@ -31,7 +31,7 @@ def test_config_layers_every_source_in_priority_order(tmp_path, monkeypatch):
     assert config["topk"] == [10, 50]  # overall.yaml
     assert config["n_heads"] == 4  # the model's yaml
     assert config["interest_ratio"] == 0.02  # the stage file (pretrain, as asked) over the model's 0.5
-    assert config["MAX_ITEM_LIST_LENGTH"] == 20  # the dataset's yaml
+    assert config["MAX_ITEM_LIST_LENGTH"] == 10  # the dataset's yaml
     assert config["epochs"] == 11  # the user's file over the dataset's 3 and the stage's 100
     assert config["lambda"] == 0.25  # config_dict over the user's file
     assert config["gamma"] == 0.125  # the command line over everything
@@ -120,6 +120,8 @@ def test_a_users_own_model_class_runs(tmp_path):
     result = run_recbole_missrec(MeanPool, "toy", config_dict=tiny_run_config(tmp_path, epochs=1, loss_type="CE", topk=[5], valid_metric="NDCG@5"))
     assert result["model"] == "MeanPool" and len(result["history"]) == 1
     assert load_state(result["checkpoint"])["config"]["loss_type"] == "CE"  # weights-only, with its config
+    # model, time to the second and process id: runs started together in one folder keep their own files
+    assert os.path.basename(result["checkpoint"]).endswith(f"-{os.getpid()}.pth")
 
 
 def write_item_attributes(folder, n_items=30):
