@@ -48,7 +48,18 @@ def plugin_config_files(model_name, dataset, train_stage=None, model_class=None)
 
 
 class PluginConfig(Config):
-    """RecBole's Config that also finds the plugin's models and yaml files (see the module docstring)."""
+    """RecBole's Config that also finds the plugin's models and yaml files (see the module docstring).
+
+    ``command_line=False`` leaves ``sys.argv`` out: a config rebuilt from a checkpoint must not take the
+    arguments of whatever process loads it (``python -m recbole_missrec export ...``, a user's script).
+    """
+
+    def __init__(self, model=None, dataset=None, config_file_list=None, config_dict=None, command_line=True):
+        self._command_line = command_line
+        super().__init__(model, dataset, config_file_list, config_dict)
+
+    def _load_cmd_line(self):
+        return super()._load_cmd_line() if self._command_line else {}
 
     def _get_model_and_dataset(self, model, dataset):
         if model is None:

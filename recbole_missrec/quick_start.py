@@ -235,7 +235,8 @@ def load_data_and_model(model_file, data_path=None, config_dict=None):
     stored = dict(checkpoint["config"], **(config_dict or {}))
     # The stored data_path is RecBole's resolved <data_path>/<dataset>; Config joins the dataset name again.
     stored["data_path"] = data_path if data_path is not None else os.path.dirname(stored["data_path"])
-    config = PluginConfig(model=stored.pop("model"), dataset=stored.pop("dataset"), config_dict=stored)
+    config = PluginConfig(model=stored.pop("model"), dataset=stored.pop("dataset"), config_dict=stored,
+                          command_line=False)
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     logger = getLogger()

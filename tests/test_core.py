@@ -163,13 +163,15 @@ def test_hyper_tuning_runs_an_exhaustive_search_over_a_plugin_model(tmp_path):
     assert "best params:" in done.stdout
 
 
-def test_load_data_and_model_rebuilds_a_trained_plugin_model(tmp_path):
+def test_load_data_and_model_rebuilds_a_trained_plugin_model(tmp_path, monkeypatch):
     write_benchmark_dataset(tmp_path)
     result = run_recbole_missrec("MISSRec", "toy", config_dict=tiny_run_config(tmp_path, epochs=1, topk=[5], valid_metric="NDCG@5"))
     moved = tmp_path / "moved"
     shutil.copytree(tmp_path / "toy", moved / "toy")
+    monkeypatch.setattr(sys, "argv", ["export", "--hidden_size=8"])  # the loading process's arguments stay out
     config, model, dataset, _, _, test_data = load_data_and_model(result["checkpoint"], data_path=str(moved))
     assert config["data_path"].startswith(str(moved)) and isinstance(model, MISSRec)
+    assert config["hidden_size"] == load_state(result["checkpoint"])["config"]["hidden_size"] != 8
     users = dataset.token2id(dataset.uid_field, ["0", "1", "2"])
     scores, items = full_sort_topk(users, model, test_data, k=5, device=config["device"])
     assert items.shape == (3, 5) and torch.isfinite(scores).all()
