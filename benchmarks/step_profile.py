@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import resource
+import sys
 
 import torch
 import yaml
@@ -44,6 +45,7 @@ def batch_at_length(rows, length, model):
     """The rows' histories cut to their last ``length`` items (RecBole keeps histories left-aligned and
     right-padded; a shorter history stays whole, padded to ``length``)."""
     seq, seq_len = rows[model.ITEM_SEQ], rows[model.ITEM_SEQ_LEN]
+    seq = torch.nn.functional.pad(seq, (0, max(0, length - seq.shape[1])))  # the files' longest may be shorter
     start = (seq_len - length).clamp_min(0)
     positions = start[:, None] + torch.arange(length)[None, :]  # [B, length]
     return Interaction({model.ITEM_SEQ: seq.gather(1, positions), model.ITEM_SEQ_LEN: seq_len.clamp(max=length),
@@ -92,6 +94,7 @@ def main():
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--out", default=os.path.join(HERE, "results"))
     args = parser.parse_args()
+    sys.argv = sys.argv[:1]  # RecBole's Config would read this script's arguments as settings
     config_dict = {"data_path": args.data_path, "show_progress": False, "state": "WARNING",
                    "train_batch_size": args.batch, "MAX_ITEM_LIST_LENGTH": max(args.lengths)}
     for item in args.overrides:
