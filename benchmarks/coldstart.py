@@ -64,29 +64,40 @@ def training_counts(train_dataset, n_items):
 
 @torch.no_grad()
 def target_ranks(model, test_data, device):
-    """(0-based rank of every test row's target among all items, target ids), padding never ranked."""
-    ranks, targets = [], []
+    """Per test row: (how many items score higher than the target, how many others score exactly as high,
+    target id); padding never ranked. An inductive model gives items with identical features identical
+    scores, so ties are common: ``metrics_at_k`` takes the expectation over a random order among them,
+    where counting only higher scores would flatter the model and a fixed order would favour some ids."""
+    greater, ties, targets = [], [], []
     for interaction, _, _, positive in test_data:
         scores = model.full_sort_predict(interaction.to(device)).view(len(positive), -1)
         scores[:, 0] = float("-inf")
         target = scores.gather(1, positive.to(device).unsqueeze(1))
-        ranks.append((scores > target).sum(1).cpu())
+        greater.append((scores > target).sum(1).cpu())
+        ties.append((scores == target).sum(1).cpu() - 1)
         targets.append(positive)
-    return torch.cat(ranks), torch.cat(targets)
+    return torch.cat(greater), torch.cat(ties), torch.cat(targets)
 
 
-def metrics_at_k(ranks):
-    hit = (ranks < K).float()
-    ndcg = hit / torch.log2(ranks.float() + 2)
+def metrics_at_k(ranks, ties=None):
+    """HIT/NDCG@K of 0-based ranks; with ``ties`` (others scored as the target) the expectation over a
+    uniformly random order of the tied items: the target's rank is then uniform on ranks..ranks+ties."""
+    ties = torch.zeros_like(ranks) if ties is None else ties
+    discount = torch.cat([torch.zeros(1), (1 / torch.log2(torch.arange(K, dtype=torch.float) + 2)).cumsum(0)])
+    first, past = ranks.clamp(max=K), (ranks + ties + 1).clamp(max=K)  # positions first..past-1 are in the top K
+    spread = (ties + 1).float()
+    hit = (past - first).float() / spread
+    ndcg = (discount[past] - discount[first]) / spread
     return {"hit@10": hit.mean().item(), "ndcg@10": ndcg.mean().item(), "rows": int(ranks.numel())}
 
 
-def bucket_metrics(ranks, counts):
+def bucket_metrics(ranks, counts, ties=None):
     """{bucket: metrics of the rows whose target falls in it} plus "all"."""
-    out = {"all": metrics_at_k(ranks)}
+    ties = torch.zeros_like(ranks) if ties is None else ties
+    out = {"all": metrics_at_k(ranks, ties)}
     for low, high in BUCKETS:
         chosen = (counts >= low) & ((counts <= high) if high is not None else torch.ones_like(counts, dtype=torch.bool))
-        out[bucket_name(low, high)] = metrics_at_k(ranks[chosen]) if chosen.any() else {"rows": 0}
+        out[bucket_name(low, high)] = metrics_at_k(ranks[chosen], ties[chosen]) if chosen.any() else {"rows": 0}
     return out
 
 
@@ -97,8 +108,8 @@ def evaluate_run(record, data_path):
     config, model, dataset, train_data, _, test_data = load_data_and_model(
         record["checkpoint"], data_path=data_path, config_dict={"show_progress": False, "state": "WARNING"})
     counts = training_counts(train_data.dataset, dataset.item_num)
-    ranks, targets = target_ranks(model, test_data, config["device"])
-    result = bucket_metrics(ranks, counts[targets])
+    ranks, ties, targets = target_ranks(model, test_data, config["device"])
+    result = bucket_metrics(ranks, counts[targets], ties)
     result["recbole_test_ndcg@10"] = record["test"]["ndcg@10"]  # the sweep's own figure, for a cross-check
     return result
 

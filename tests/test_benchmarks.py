@@ -258,6 +258,10 @@ def test_training_counts_count_each_interaction_once():
     split = coldstart.bucket_metrics(ranks, torch.tensor([0, 2, 2, 25]))
     assert split["0"]["hit@10"] == 1.0 and split["1-4"]["rows"] == 2 and split["1-4"]["hit@10"] == 0.5
     assert split[">=20"]["ndcg@10"] == pytest.approx(1 / math.log2(11)) and split["5-9"]["rows"] == 0
+    # ties: a target tied with 3 others at rank 8 is in the top 10 in 2 of the 4 orders
+    tied = coldstart.metrics_at_k(torch.tensor([8]), torch.tensor([3]))
+    assert tied["hit@10"] == pytest.approx(0.5)
+    assert tied["ndcg@10"] == pytest.approx((1 / math.log2(10) + 1 / math.log2(11)) / 4)
 
 
 def test_new_items_protocol_end_to_end_on_the_toy_data(toy):
@@ -297,9 +301,9 @@ def test_new_items_protocol_end_to_end_on_the_toy_data(toy):
     write_derived(toy / "toy", "toy", str(toy / "full" / "toy-new"), parts, {p: split.rows for p, split in parts.items()})
     record = json.loads((toy / "sweep" / "runs" / "MSM4SR-inductive__seed1.json").read_text())
     _, model, dataset, _, _, test_data = load_data_and_model(record["checkpoint"], str(toy / "full"))
-    ranks, targets = coldstart.target_ranks(model, test_data, "cpu")
+    ranks, ties, targets = coldstart.target_ranks(model, test_data, "cpu")
     new = torch.tensor([token in held for token in dataset.id2token("item_id", targets)])
-    expected = coldstart.metrics_at_k(ranks[new])
+    expected = coldstart.metrics_at_k(ranks[new], ties[new])
     served = report["per_run"]["MSM4SR-inductive"][0]["new"]
     assert expected["rows"] == 5 and expected["ndcg@10"] == pytest.approx(served["ndcg@10"], abs=1e-6)
 
