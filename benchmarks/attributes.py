@@ -70,9 +70,11 @@ def prepare_working_copy(source_folder, work_root):
     folder = os.path.join(work_root, name)
     os.makedirs(folder, exist_ok=True)
     for entry in os.listdir(source_folder):
-        link = os.path.join(folder, entry)
+        link, target = os.path.join(folder, entry), os.path.join(source_folder, entry)
+        if os.path.islink(link) and os.readlink(link) != target:  # a copy made from another source folder
+            os.remove(link)
         if not os.path.lexists(link):
-            os.symlink(os.path.join(source_folder, entry), link)
+            os.symlink(target, link)
     item_file = os.path.join(folder, f"{name}.item")
     if not os.path.exists(item_file) and can_derive(source_folder, name):
         write_item_file(source_folder, name, item_file)

@@ -2,6 +2,7 @@
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 
@@ -69,6 +70,10 @@ def test_working_copy_links_the_data_and_adds_the_item_file(toy, tmp_path):
     assert lines[1:4] == ["0\tlab supplies pipettes", "1\tsafety gloves", "2\tno_category"]
     assert os.path.islink(os.path.join(data_path, "toy", "toy.train.inter"))
     assert not (tmp_path / "toy" / "toy.item").exists()  # the source folder is never written
+    moved = tmp_path / "elsewhere" / "toy"  # the same dataset from another folder: the links follow it
+    shutil.copytree(tmp_path / "toy", moved)
+    prepare_working_copy(str(moved), str(tmp_path / "work"))
+    assert os.readlink(os.path.join(data_path, "toy", "toy.train.inter")) == str(moved / "toy.train.inter")
 
 
 def test_quick_sweep_writes_reports_and_resumes(toy):
