@@ -120,6 +120,13 @@ def shifted_config(config, offset):
     return shifted
 
 
+def _with_pid(path):
+    """RecBole names a checkpoint by model and time to the second, so two runs started in the same second
+    in one folder wrote (and reloaded) one file; the process id makes the name the run's own."""
+    stem, suffix = os.path.splitext(path)
+    return f"{stem}-{os.getpid()}{suffix}"
+
+
 class SafeCheckpointMixin:
     """Replaces RecBole's pickled-Config checkpoints by weights-only ones (see module docstring), and
     applies ``metric_topk_offset`` to evaluation."""
@@ -234,13 +241,6 @@ class NullWriter:
 
     def __getattr__(self, name):
         return lambda *args, **kwargs: None
-
-
-def _with_pid(path):
-    """RecBole names a checkpoint by model and time to the second, so two runs started in the same second
-    in one folder wrote (and reloaded) one file; the process id makes the name the run's own."""
-    stem, suffix = os.path.splitext(path)
-    return f"{stem}-{os.getpid()}{suffix}"
 
 
 class HookedStepMixin:
