@@ -69,7 +69,8 @@ def prepare_working_copy(source_folder, work_root):
     name = os.path.basename(source_folder.rstrip(os.sep))
     folder = os.path.join(work_root, name)
     os.makedirs(folder, exist_ok=True)
-    for entry in os.listdir(source_folder):
+    same_folder = os.path.realpath(folder) == os.path.realpath(source_folder)  # data derived in place (new-items)
+    for entry in [] if same_folder else os.listdir(source_folder):
         link, target = os.path.join(folder, entry), os.path.join(source_folder, entry)
         if os.path.islink(link) and os.readlink(link) != target:  # a copy made from another source folder
             os.remove(link)
