@@ -120,6 +120,16 @@ def write_benchmark_dataset(root, name="toy", n_users=40, n_items=30, text_dim=1
     return folder
 
 
+def reevaluated_test_result(checkpoint):
+    """The test metrics of a saved checkpoint, evaluated afresh from the file alone: what a run must report
+    as its ``test_result`` (RecBole's rounding included)."""
+    from recbole_missrec.quick_start import load_data_and_model
+    from recbole_missrec.trainer import PluginTrainer
+
+    config, model, _, _, _, test_data = load_data_and_model(checkpoint)
+    return dict(PluginTrainer(config, model).evaluate(test_data, load_best_model=False, show_progress=False))
+
+
 def tiny_run_config(root, **overrides):
     """config_dict for a fast end-to-end run on a dataset written by write_benchmark_dataset."""
     config = {
