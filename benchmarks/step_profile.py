@@ -12,7 +12,6 @@ defaults unless ``--set KEY=VALUE`` changes them. Writes <out>/step_profile.json
 import argparse
 import json
 import os
-import resource
 import sys
 
 import torch
@@ -22,13 +21,9 @@ from recbole.data.interaction import Interaction
 from recbole_missrec.atomic import atomic_open, atomic_write_json
 from recbole_missrec.quick_start import prepare_run
 from recbole_missrec.utils import create_dataset
+from single_run import cpu_seconds
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def cpu_seconds():
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 def timed(function, repeats):
