@@ -14,6 +14,11 @@ Every row: width 300 (``--hidden``), the plugin's shared protocol (``properties/
 ``--epochs`` epochs without early stopping. Train seconds per epoch are wall seconds from the run's own
 epoch log; ``CPU s`` is the whole process's user + system time (loading, training, every evaluation), the
 contention-free cost. Writes <out>/epoch_cost.json and <out>/epoch_cost.md.
+
+Peak RSS counts what glibc's allocator keeps after tensors are freed, which depends on the order of
+allocation sizes as much as on the model. ``--mmap-threshold BYTES`` runs every row with glibc's
+``MALLOC_MMAP_THRESHOLD_`` set: blocks above it are mapped and unmapped per tensor, so the peak then
+approximates the largest live tensor memory (at a cost in system time; compare memory, not speed, there).
 """
 import argparse
 import json
@@ -102,10 +107,13 @@ def measure(args):
 
 
 def in_subprocess(args, row):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if args.mmap_threshold:
+        env["MALLOC_MMAP_THRESHOLD_"] = str(args.mmap_threshold)
     command = [sys.executable, os.path.abspath(__file__), "--dataset", args.dataset, "--data_path", args.data_path,
                "--epochs", str(args.epochs), "--hidden", str(args.hidden), "--work", os.path.join(args.work, slug(row)),
                "--measure", row]
-    done = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         raise RuntimeError(f"{row} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -144,6 +152,8 @@ def main():
     parser.add_argument("--extra", nargs="*", default=[], help="more plugin models, length-aware (e.g. MSM4SR)")
     parser.add_argument("--out", default=None, help="results folder (default benchmarks/results/<dataset>)")
     parser.add_argument("--work", default=None, help="logs and checkpoints (default benchmarks/work/epoch_cost)")
+    parser.add_argument("--mmap-threshold", type=int, default=None, metavar="BYTES",
+                        help="MALLOC_MMAP_THRESHOLD_ of every row (peak RSS then approximates live memory)")
     parser.add_argument("--measure", help=argparse.SUPPRESS)  # internal: one row in this process
     args = parser.parse_args()
     args.work = os.path.abspath(args.work or os.path.join(HERE, "work", "epoch_cost", args.dataset))
@@ -157,11 +167,13 @@ def main():
         rows.append(in_subprocess(args, row))
         print(f"{row}: {rows[-1]['train_seconds_per_epoch']:.1f} s / epoch, {rows[-1]['peak_rss_mb']:.0f} MB", flush=True)
     results = {"dataset": args.dataset, "epochs": args.epochs, "hidden_size": args.hidden, "machine": host,
+               "malloc_mmap_threshold": args.mmap_threshold,
                "load_average_after": os.getloadavg(), "rows": rows}
     atomic_write_json(os.path.join(out, "epoch_cost.json"), results, indent=1)
     text = markdown(rows, "SASRec, RecBole") if "SASRec, RecBole" in args.rows else json.dumps(rows, indent=1)
     with atomic_open(os.path.join(out, "epoch_cost.md"), "w") as handle:
-        handle.write(f"# {args.dataset}: cost of a training epoch\n\nMachine: {host}\n\n{text}\n")
+        allocator = f"glibc MALLOC_MMAP_THRESHOLD_={args.mmap_threshold}" if args.mmap_threshold else "glibc defaults"
+        handle.write(f"# {args.dataset}: cost of a training epoch\n\nMachine: {host}; allocator: {allocator}\n\n{text}\n")
     print(text)
 
 

@@ -17,6 +17,7 @@ BENCHMARKS = os.path.join(ROOT, "benchmarks")
 sys.path.insert(0, BENCHMARKS)
 
 from attributes import category_path, category_tokens, prepare_working_copy  # noqa: E402
+from compare import main as compare_main  # noqa: E402
 from report import mean_std  # noqa: E402
 from variants import expand_variants, parse_checkpoints  # noqa: E402
 
@@ -165,6 +166,42 @@ def test_failed_run_is_recorded_and_the_sweep_goes_on(toy):
 def test_mean_std_over_seeds():
     assert mean_std([0.1, 0.3]) == "0.2000 ± 0.1414"
     assert mean_std([0.25]) == "0.2500"
+
+
+def write_runs(folder, variant, ndcgs, at_11=False):
+    """run.py-style records of one variant, one per seed, with the given test NDCG@10."""
+    os.makedirs(folder / "runs", exist_ok=True)
+    for seed, ndcg in enumerate(ndcgs, start=1):
+        test = {"hit@10": 2 * ndcg, "ndcg@10": ndcg, "hit@50": 4 * ndcg, "ndcg@50": 1.5 * ndcg}
+        if at_11:
+            test.update({"hit@11": 2.1 * ndcg, "ndcg@11": 1.05 * ndcg, "ndcg@51": 1.51 * ndcg})
+        record = {"variant": variant, "seed": seed, "status": "ok", "test": test, "budget": {"epochs": 4},
+                  "best_epoch": 3, "epochs_run": 4, "cpu_seconds": 10.0, "peak_rss_mb": 100.0, "trainable_params": 7}
+        (folder / "runs" / f"{variant}__seed{seed}.json").write_text(json.dumps(record))
+
+
+def test_compare_marks_differences_beyond_the_seed_std(tmp_path):
+    write_runs(tmp_path / "a", "M", [0.050, 0.052, 0.054], at_11=True)  # std 0.002
+    write_runs(tmp_path / "b", "M+pretrained", [0.057, 0.058, 0.059], at_11=True)  # +0.006: beyond
+    write_runs(tmp_path / "c", "M", [0.049, 0.053, 0.057])  # +0.001, std 0.004: within; no @11
+    rows = compare_main(["--rows", f"base={tmp_path / 'a'}", f"pre={tmp_path / 'b'}", f"noisy={tmp_path / 'c'}",
+                         "--out", str(tmp_path / "out")])
+    assert [row["variant"] for row in rows] == ["M", "M+pretrained", "M"]
+    table = (tmp_path / "out" / "comparison.md").read_text()
+    lines = {line.split(" | ")[0]: line for line in table.splitlines() if line.startswith("| ")}
+    assert "+0.0060 *" in lines["| pre"] and "+0.0010 |" in lines["| noisy"]
+    assert "NDCG@11" not in table  # only where every row evaluated @11
+    rows = compare_main(["--rows", f"base={tmp_path / 'a'}", f"pre={tmp_path / 'b'}", "--out", str(tmp_path / "out")])
+    assert "| NDCG@11 |" in (tmp_path / "out" / "comparison.md").read_text()
+
+
+def test_compare_asks_for_the_variant_of_a_mixed_folder(tmp_path):
+    write_runs(tmp_path / "a", "M", [0.05])
+    write_runs(tmp_path / "a", "N", [0.06])
+    with pytest.raises(SystemExit, match="name one as"):
+        compare_main(["--rows", f"x={tmp_path / 'a'}", "--out", str(tmp_path / "out")])
+    rows = compare_main(["--rows", f"x={tmp_path / 'a'}:N", "--out", str(tmp_path / "out")])
+    assert rows[0]["test"]["ndcg@10"] == [0.06]
 
 
 def test_serving_quick_writes_its_figures(tmp_path):

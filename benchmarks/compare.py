@@ -1,0 +1,100 @@
+"""One table from several ``run.py`` output folders: ablations, scratch against pre-trained, converged rows.
+
+    python benchmarks/compare.py --rows scratch=benchmarks/results/ablation/Scientific/scratch \\
+        defaults=benchmarks/results/ablation/Scientific/defaults --out benchmarks/results/ablation/Scientific
+
+Each row is ``LABEL=FOLDER`` (the folder's only variant) or ``LABEL=FOLDER:VARIANT``. Every row shows test
+metrics as mean ± sample std over its seeds, ``@11`` columns where the runs evaluated ``topk`` 11 and 51 (the
+labelling of MISSRec's reference evaluator), and the difference of its mean NDCG@10 from the first row's,
+marked ``*`` where it exceeds both rows' seed std. ``run.py`` writes one folder per setting; this script only
+reads their ``runs/*.json``. Writes <out>/comparison.md and comparison.json.
+"""
+import argparse
+import json
+import os
+from statistics import mean, stdev
+
+from recbole_missrec.atomic import atomic_open, atomic_write_json
+from report import by_variant, load_runs, mean_std
+
+METRICS = ["hit@10", "ndcg@10", "hit@11", "ndcg@11", "hit@50", "ndcg@50", "ndcg@51"]
+FIGURES = [("best_epoch", "best epoch", "{:.1f}"), ("epochs_run", "epochs run", "{:.1f}"),
+           ("cpu_seconds", "CPU s / run", "{:.0f}"), ("peak_rss_mb", "peak RSS MB", "{:.0f}"),
+           ("trainable_params", "trainable params", "{:,.0f}")]
+
+
+def parse_row(text):
+    label, separator, location = text.partition("=")
+    if not separator or not label:
+        raise SystemExit(f"--rows takes LABEL=FOLDER[:VARIANT], got {text!r}")
+    folder, _, variant = location.partition(":")
+    return label, folder, variant or None
+
+
+def row_runs(folder, variant):
+    """The finished runs of one row; the folder must hold one variant unless ``variant`` names it."""
+    groups = dict(by_variant(load_runs(folder), []))
+    if not groups:
+        raise SystemExit(f"{folder}: no finished runs in {os.path.join(folder, 'runs')}")
+    if variant is None:
+        if len(groups) > 1:
+            raise SystemExit(f"{folder} holds {sorted(groups)}: name one as {folder}:VARIANT")
+        variant = next(iter(groups))
+    if variant not in groups:
+        raise SystemExit(f"{folder} has no finished runs of {variant!r}; it has {sorted(groups)}")
+    return variant, groups[variant]
+
+
+def summary(label, folder, variant, runs):
+    metrics = {key: [run["test"][key] for run in runs if key in run["test"]] for key in METRICS}
+    return {"label": label, "folder": folder, "variant": variant, "seeds": [run["seed"] for run in runs],
+            "test": {key: values for key, values in metrics.items() if values},
+            "figures": {key: [run.get(key) for run in runs] for key, _, _ in FIGURES},
+            "budget": runs[0]["budget"]}
+
+
+def difference(row, reference, key="ndcg@10"):
+    """(mean difference from the reference row, whether it exceeds both rows' seed std)."""
+    ours, theirs = row["test"][key], reference["test"][key]
+    delta = mean(ours) - mean(theirs)
+    spread = max(stdev(values) if len(values) > 1 else 0.0 for values in (ours, theirs))
+    return delta, len(ours) > 1 and len(theirs) > 1 and abs(delta) > spread
+
+
+def markdown(rows):
+    metrics = [key for key in METRICS if all(key in row["test"] for row in rows)]
+    header = ["setting", "seeds"] + [key.upper() for key in metrics]
+    header += [f"Δ NDCG@10 vs {rows[0]['label']}"] + [label for _, label, _ in FIGURES]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        delta, beyond = difference(row, rows[0])
+        cells = [row["label"], ", ".join(map(str, row["seeds"]))]
+        cells += [mean_std(row["test"][key]) for key in metrics]
+        cells.append("–" if row is rows[0] else f"{delta:+.4f}{' *' if beyond else ''}")
+        cells += [mean_std(row["figures"][key], fmt) for key, _, fmt in FIGURES]
+        lines.append("| " + " | ".join(cells) + " |")
+    notes = ["`*`: the difference exceeds the seed std of both rows."]
+    notes += [f"{row['label']}: `{row['variant']}` from `{row['folder']}`, budget `{json.dumps(row['budget'], sort_keys=True)}`" for row in rows]
+    return "\n".join(lines) + "\n\n" + "\n".join(f"- {note}" for note in notes) + "\n"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", nargs="+", required=True, metavar="LABEL=FOLDER[:VARIANT]")
+    parser.add_argument("--out", required=True, help="folder for comparison.md and comparison.json")
+    args = parser.parse_args(argv)
+    rows = []
+    for label, folder, variant in map(parse_row, args.rows):
+        variant, runs = row_runs(folder, variant)
+        rows.append(summary(label, folder, variant, runs))
+    table = markdown(rows)
+    os.makedirs(args.out, exist_ok=True)
+    atomic_write_json(os.path.join(args.out, "comparison.json"), {"rows": rows}, indent=1)
+    with atomic_open(os.path.join(args.out, "comparison.md"), "w") as handle:
+        handle.write(table)
+    print(table)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
