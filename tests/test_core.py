@@ -18,7 +18,7 @@ from conftest import ROOT, tiny_run_config, write_benchmark_dataset
 from recbole_missrec.config import PluginConfig
 from recbole_missrec.model import MISSRec
 from recbole_missrec.quick_start import load_data_and_model, run_recbole_missrec
-from recbole_missrec.trainer import CheckpointError, PluginTrainer, PretrainTrainer, load_state
+from recbole_missrec.trainer import CheckpointError, PluginTrainer, PretrainTrainer, load_state, release_freed_memory
 from recbole_missrec.utils import get_model, get_trainer, stage_kind
 
 
@@ -184,3 +184,20 @@ def test_a_file_that_is_no_checkpoint_is_named(tmp_path):
     path.write_bytes(os.urandom(256))
     with pytest.raises(CheckpointError, match=r"random\.pth is not a readable weights-only checkpoint"):
         load_state(str(path))
+
+
+def resident_mb():
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs Linux's /proc to read resident memory")
+def test_freed_heap_memory_goes_back_to_the_system():
+    blocks = [bytearray(b"x" * 65536) for _ in range(3000)]  # 190 MB of heap blocks below glibc's mmap threshold
+    keep = bytearray(b"y" * 65536)  # above them: the freed ones are not at the heap's top, so not trimmed
+    del blocks
+    before = resident_mb()
+    if not release_freed_memory():
+        pytest.skip("this C library has no malloc_trim")
+    assert before - resident_mb() > 100
+    assert keep

@@ -189,3 +189,34 @@ def test_kmeans_method_reaches_interest_discovery(monkeypatch):
     approx = build(kmeans_method="approx")
     assert seen == ["approx"] and approx.interest_lookup[1:].max() > 0
     assert torch.equal(build(kmeans_method="auto").interest_lookup, build(kmeans_method="exact").interest_lookup)
+
+
+def gradients_of_one_step(recompute_tokens):
+    model = build(hidden_dropout_prob=0.3, recompute_tokens=recompute_tokens).train()
+    torch.manual_seed(7)  # the dropout masks
+    loss = model.calculate_loss(batch())
+    loss.backward()
+    return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+def test_recomputed_activations_give_the_same_loss_and_gradients():
+    plain_loss, plain = gradients_of_one_step(0)
+    recomputed_loss, recomputed = gradients_of_one_step(1)  # every batch is above a budget of 1 token
+    assert torch.equal(plain_loss, recomputed_loss)
+    assert plain.keys() == recomputed.keys() and any("transformer.decoder" in name for name in plain)
+    assert all(torch.equal(plain[name], recomputed[name]) for name in plain)
+
+
+def test_recompute_budget_decides_which_batches_are_checkpointed(monkeypatch):
+    from recbole_missrec.model import layers
+
+    calls = []
+    monkeypatch.setattr(layers, "checkpoint", lambda module, *args, **kwargs: calls.append(module) or module(
+        *args, **{k: v for k, v in kwargs.items() if k != "use_reentrant"}))
+    model = build(recompute_tokens=12).train()  # 3 rows x 5 positions = 15 decoder tokens > 12
+    model.calculate_loss(batch())
+    assert model.transformer.decoder in calls
+    calls.clear()
+    with torch.no_grad():
+        model.calculate_loss(batch())  # nothing to recompute without gradients
+    assert calls == []

@@ -9,12 +9,15 @@
 - ``modality_presence`` and ``presence_weights``: which item-modality tokens are real when a modality is
   missing, and the weights of a mean over the real ones.
 - ``MoEAdaptor``: the mixture-of-experts feature adaptor of UniSRec (whitening experts, noisy gates) and MSM4SR.
+- ``run_or_recompute``: a transformer part whose activations are recomputed in backward on the largest
+  batches, which set a run's peak memory.
 - ``normal_init`` and ``transfer_weights``: the references' weight initialisation, and loading a pre-trained
   state dict by name with a report of what was transferred.
 """
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 DUPLICATE_MODES = ("none", "zero_logit", "exclude")
 ITEM_DROP_MODES = ("delete", "reference")
@@ -164,6 +167,21 @@ class MoEAdaptor(nn.Module):
         else:
             outputs = [linear(self.dropout(x) - bias) for linear, bias in zip(self.experts, self.bias)]
         return (gates @ torch.stack(outputs, dim=-2)).squeeze(-2)  # [..., 1, E] @ [..., E, d]
+
+
+def run_or_recompute(module, budget, tokens, *args, **kwargs):
+    """``module(tokens, *args, **kwargs)``, through ``torch.utils.checkpoint`` when gradients are recorded and
+    ``tokens`` [B, T, d] holds more than ``budget`` positions (B * T; ``budget`` 0 or None: never).
+
+    Length-aware batches make the longest batch, not the average one, set a run's peak memory. Such a batch
+    keeps only the module's inputs and recomputes its activations in backward, so the module's activations
+    never coexist with another checkpointed module's. Dropout replays the same masks (the RNG state is
+    preserved), so the loss and the gradients equal the plain call's; the cost is one more forward pass of
+    the module on those batches only.
+    """
+    if budget and torch.is_grad_enabled() and tokens.shape[0] * tokens.shape[1] > budget:
+        return checkpoint(module, tokens, *args, use_reentrant=False, **kwargs)
+    return module(tokens, *args, **kwargs)
 
 
 def normal_init(module, std):

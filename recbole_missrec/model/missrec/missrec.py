@@ -25,7 +25,7 @@ from torch import nn
 from recbole_missrec.data.dataset import AUGMENTED_TEXT
 from recbole_missrec.model.layers import (
     duplicate_mask, full_softmax_ce, in_batch_infonce, local_rows, modality_presence, normal_init, presence_weights,
-    transfer_weights,
+    run_or_recompute, transfer_weights,
 )
 from recbole_missrec.model.missrec.fusion import fuse_modalities, mix_id_score
 from recbole_missrec.model.missrec.interest import METHODS, assign, dpc_knn, kmeans, num_interests, unique_per_row
@@ -77,6 +77,7 @@ class MISSRec(SequentialRecommender):
         self.dpc_max_tokens = config["dpc_max_tokens"]
         self.new_modality_init = _choice(config, "new_modality_init", ("default", "zero"))
         self.frozen_dropout = config["frozen_dropout"]
+        self.recompute_tokens = config["recompute_tokens"]
         self.frozen_modules = ()
 
         self.gather_rows = local_rows
@@ -197,7 +198,8 @@ class MISSRec(SequentialRecommender):
         interest_ids = unique_per_row(self.interest_lookup[item_seq].flatten(1))  # [B, Q]
         valid = interest_ids > 0
         valid[:, 0] |= ~valid.any(dim=1)  # a sequence with no interest attends to the zero token
-        memory = self.transformer.encoder(self.interest_centroids[interest_ids], src_key_padding_mask=~valid)
+        memory = run_or_recompute(self.transformer.encoder, self.recompute_tokens, self.interest_centroids[interest_ids],
+                                  src_key_padding_mask=~valid)
         return memory, valid
 
     # ---- sequence side ---------------------------------------------------------------------------
@@ -241,9 +243,8 @@ class MISSRec(SequentialRecommender):
         memory, valid = self._encode_interests(item_seq)
         present = self.item_present[item_seq]  # [B, L, M]
         tokens, padding = self._decoder_input(item_seq, present, word_drop, item_tokens)
-        output = self.transformer.decoder(
-            tokens, memory, tgt_key_padding_mask=padding, memory_key_padding_mask=~valid
-        )
+        output = run_or_recompute(self.transformer.decoder, self.recompute_tokens, tokens, memory,
+                                  tgt_key_padding_mask=padding, memory_key_padding_mask=~valid)
         present_last = present.gather(1, (item_seq_len - 1).view(-1, 1, 1).expand(-1, 1, present.shape[-1]))
         seq_output = self._read_out(output, item_seq_len, present_last.squeeze(1))
         return F.normalize(seq_output, dim=-1), memory, valid
