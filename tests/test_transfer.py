@@ -94,11 +94,18 @@ def test_inductive_model_scores_an_unseen_item_by_its_features():
 
 def test_transfer_switches_for_an_unseen_modality_and_frozen_dropout():
     source = MISSRec(model_config(train_stage="inductive_ft"), fake_dataset(dims=(10,)))  # text only
-    model = MISSRec(model_config(train_stage="inductive_ft", new_modality_init="zero", frozen_dropout=False,
+    model = MISSRec(model_config(train_stage="inductive_ft", new_modality_init="gate", frozen_dropout=False,
                                  hidden_dropout_prob=0.5), fake_dataset())
     report = model.load_pretrained(source.state_dict())
     assert "adapters.img.weight" in report["new"]
-    assert model.adapters["img"].weight.abs().sum() == 0 and model.adapters["text"].weight.abs().sum() > 0
+    assert model.modality_gate.tolist() == [1.0, 0.0]  # text (seen in pre-training), img (new)
+    model.discover_interests(torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        model.adapters["img"].weight.mul_(100)  # however large the new tokens, the closed gate keeps them out
+    seq = torch.tensor([[1, 2, 4]])
+    tokens, _ = model.eval()._decoder_input(seq, model.item_present[seq])
+    text_only = model.modality_tokens(seq)[..., 0, :] + model.position_embedding.weight[:3]
+    assert torch.allclose(tokens, model.input_norm(text_only), atol=1e-6)
     model.freeze_backbone()
     model.train()
     assert not model.transformer.training and model.adapters.training and model.dropout.training

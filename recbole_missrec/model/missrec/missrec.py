@@ -75,7 +75,7 @@ class MISSRec(SequentialRecommender):
         self.show_progress = bool(config["show_progress"])
         self.dpc_knn_ratio = config["dpc_knn_ratio"]
         self.dpc_max_tokens = config["dpc_max_tokens"]
-        self.new_modality_init = _choice(config, "new_modality_init", ("default", "zero"))
+        self.new_modality_init = _choice(config, "new_modality_init", ("default", "gate"))
         self.frozen_dropout = config["frozen_dropout"]
         self.recompute_tokens = config["recompute_tokens"]
         self.frozen_modules = ()
@@ -108,6 +108,10 @@ class MISSRec(SequentialRecommender):
                                         nn.LayerNorm(d, eps=self.layer_norm_eps), enable_nested_tensor=False)
         self.transformer = nn.Transformer(d_model=d, num_decoder_layers=max(1, self.n_layers - n_encoder),
                                           custom_encoder=encoder, **layer)
+        # new_modality_init: gate: a per-modality scale of the decoder's input tokens, closed by load_pretrained
+        # for modalities the pre-trained backbone never saw
+        gated = self.new_modality_init == "gate"
+        self.modality_gate = nn.Parameter(torch.ones(len(self.modalities))) if gated else None
         dynamic = self.item_mm_fusion == "dynamic_shared" and len(self.modalities) > 1
         self.fusion_factor = nn.Parameter(torch.zeros(())) if dynamic else None
 
@@ -212,6 +216,8 @@ class MISSRec(SequentialRecommender):
         """
         tokens = item_tokens[item_seq] if item_tokens is not None else self.modality_tokens(item_seq, word_drop)
         tokens = tokens * present.unsqueeze(-1)  # [B, L, M, d]
+        if self.modality_gate is not None:
+            tokens = tokens * self.modality_gate.unsqueeze(-1)
         position = self.position_embedding(torch.arange(item_seq.shape[1], device=item_seq.device))
         extra = position.unsqueeze(0)  # [1, L, d]
         if self.item_embedding is not None:
@@ -433,18 +439,20 @@ class MISSRec(SequentialRecommender):
         """
         report = transfer_weights(self, state_dict, DOMAIN_SPECIFIC, DIMENSIONS)
         report["new"] = [name for name in report["new"] if not name.startswith("interest")]
-        if self.new_modality_init == "zero":
-            self._zero_new_adapters(report["new"])
+        if self.modality_gate is not None:
+            self._close_new_modality_gates(report["new"])
         return report
 
     @torch.no_grad()
-    def _zero_new_adapters(self, new_names):
-        """Adapters of modalities the pre-trained backbone never saw start at zero: their tokens then add
-        nothing to its input until they are trained, instead of random noise (often the larger term)."""
-        for modality, adapter in self.adapters.items():
+    def _close_new_modality_gates(self, new_names):
+        """A modality the pre-trained backbone never saw enters the decoder's input through a gate that starts
+        at 0 and is learned, instead of adding its fresh adapter's random tokens (often the larger term) at
+        once. The adapter itself keeps its default initialisation, so that its tokens score candidates from
+        the first step: an adapter started at zero would give the cosine of a zero vector, whose gradient
+        (1 / eps) saturates Adam's second moment and leaves the adapter untrained for thousands of steps."""
+        for index, modality in enumerate(self.modalities):
             if f"adapters.{modality}.weight" in new_names:
-                adapter.weight.zero_()
-                adapter.bias.zero_()
+                self.modality_gate[index] = 0.0
 
     def freeze_backbone(self):
         """Parameter-efficient transfer (spec §6.2): the position table and the whole encoder-decoder keep
