@@ -17,9 +17,6 @@ from recbole_missrec.atomic import atomic_write_json
 from recbole_missrec.quick_start import run_recbole_missrec
 from recbole_missrec.utils import get_model, is_plugin_model
 
-METRICS = ("hit@10", "ndcg@10", "hit@50", "ndcg@50")
-
-
 def best_epoch(history, bigger=True):
     """Epoch of the best validation score (the first one on ties, as RecBole's early stopping keeps)."""
     scored = [record for record in history if "valid_score" in record]
@@ -34,7 +31,7 @@ def summarize(result):
     history = result["history"]
     valid_seconds = [record["valid_seconds"] for record in history if "valid_seconds" in record]
     return {
-        "test": {metric: float(result["test_result"][metric]) for metric in METRICS},
+        "test": {metric: float(value) for metric, value in result["test_result"].items()},  # every topk asked for
         "best_valid_score": float(result["best_valid_score"]),
         "best_epoch": best_epoch(history, result["valid_score_bigger"]),
         "epochs_run": len(history),

@@ -19,6 +19,7 @@ sys.path.insert(0, BENCHMARKS)
 from attributes import category_path, category_tokens, prepare_working_copy  # noqa: E402
 from compare import main as compare_main  # noqa: E402
 from report import mean_std  # noqa: E402
+from single_run import summarize  # noqa: E402
 from variants import expand_variants, parse_checkpoints  # noqa: E402
 
 TOY_LAYOUT = {
@@ -193,6 +194,14 @@ def test_compare_marks_differences_beyond_the_seed_std(tmp_path):
     assert "NDCG@11" not in table  # only where every row evaluated @11
     rows = compare_main(["--rows", f"base={tmp_path / 'a'}", f"pre={tmp_path / 'b'}", "--out", str(tmp_path / "out")])
     assert "| NDCG@11 |" in (tmp_path / "out" / "comparison.md").read_text()
+
+
+def test_a_run_record_keeps_every_test_metric_the_run_evaluated():
+    result = {"history": [{"epoch": 0, "train_seconds": 1.0, "valid_seconds": 0.5, "valid_score": 0.1}],
+              "test_result": {"hit@10": 0.2, "hit@11": 0.21, "ndcg@10": 0.1, "ndcg@11": 0.105},
+              "best_valid_score": 0.1, "valid_score_bigger": True, "peak_rss_mb": 1.0, "trainable_params": 1,
+              "checkpoint": "x.pth", "total_params": 1}
+    assert summarize(result)["test"] == result["test_result"]  # @11 reaches compare.py's @11 columns
 
 
 def test_compare_asks_for_the_variant_of_a_mixed_folder(tmp_path):
