@@ -19,6 +19,13 @@ items: HIT/NDCG@10 of the top 10. For contrast, the test rows of the derived dat
 the same way, and the expectation of a random ranking. Writes <out>/coldstart_new_items.json, .md and .png
 (default out: benchmarks/results/<dataset>).
 
+``few-users`` (protocol c): a target domain with little training data, where pre-training should pay. The
+training rows of a seeded random share of the users (``--share``; every prefix row of a chosen user) are
+kept, validation and test rows of every user are not touched, so each run is scored on the full dataset's
+rows; the models (with ``--pretrained`` checkpoints, their pre-trained twins) are trained by
+``benchmarks/run.py`` on the derived dataset ``<dataset>-users<percent>``, whose records, table.md and
+split.json go to ``--out`` (default benchmarks/results/<dataset>-users<percent>; resumable).
+
 The published papers claim gains on cold-start and long-tail items without a protocol; these are ours.
 """
 import argparse
@@ -35,7 +42,7 @@ import torch
 
 import run as sweep_harness
 from new_items import (
-    PARTS, cases_of, make_split, plugin_top_k, ranks_in_top_k, read_parts, sasrec_top_k, write_derived,
+    PARTS, cases_of, choose_share, make_split, plugin_top_k, ranks_in_top_k, read_parts, sasrec_top_k, write_derived,
 )
 from recbole_missrec.atomic import atomic_open, atomic_write_json
 from variants import VARIANTS
@@ -44,6 +51,7 @@ BUCKETS = ((0, 0), (1, 4), (5, 9), (10, 19), (20, None))
 K = 10
 HERE = os.path.dirname(os.path.abspath(__file__))
 NEW_ITEM_MODELS = ["MISSRec-inductive", "MISSRec-transductive", "MSM4SR-inductive", "SASRec"]
+FEW_USER_MODELS = ["MISSRec-inductive", "SASRec-length-aware"]
 CASES = {"new": "held-out targets", "warm": "warm targets"}
 
 
@@ -220,31 +228,33 @@ def new_item_variants(names):
     return list(names)
 
 
-def settle_split(path, record):
+def settle_split(path, record, keys=("holdout", "split_seed", "held_out")):
     """Write the split record, or check that the one already there (from earlier runs of this sweep) is the
-    same split: the trained runs belong to it."""
+    same split (equal ``keys``): the trained runs belong to it."""
     if os.path.isfile(path):
         with open(path) as handle:
             earlier = json.load(handle)
-        keys = ("holdout", "split_seed", "held_out")
         if any(earlier.get(key) != record[key] for key in keys):
-            raise SystemExit(f"{path} records another split (holdout {earlier.get('holdout')}, split seed "
-                             f"{earlier.get('split_seed')}): its runs were trained without other items; choose "
-                             f"another --sweep-out and --work")
+            recorded = ", ".join(f"{key} {earlier.get(key)}" for key in keys[:2])
+            raise SystemExit(f"{path} records another split ({recorded}): its runs were trained on other "
+                             f"rows; choose another output folder and --work")
     atomic_write_json(path, record, indent=1)
 
 
-def sweep_argv(args, name, work, sweep_out, variants):
-    """benchmarks/run.py's arguments for the derived dataset: the same budget options, the source dataset's
-    yaml (properties/dataset/<name>.yaml, found by name in normal runs) before the user's files."""
+def sweep_argv(args, name, derived_name, work, sweep_out, variants):
+    """benchmarks/run.py's arguments for the derived dataset: the same budget options and checkpoints, the
+    source dataset's yaml (properties/dataset/<name>.yaml, found by name in normal runs) before the user's
+    files."""
     from recbole_missrec.config import properties_dir
 
     dataset_yaml = os.path.join(properties_dir(), "dataset", f"{name}.yaml")
     config_files = ([dataset_yaml] if os.path.isfile(dataset_yaml) else []) + args.config_files
-    argv = ["--dataset", f"{name}-new", "--data_path", os.path.join(work, "data"), "--models", *variants,
+    argv = ["--dataset", derived_name, "--data_path", os.path.join(work, "data"), "--models", *variants,
             "--seeds", *map(str, args.seeds), "--out", sweep_out, "--work", work]
     if config_files:
         argv += ["--config-files", *config_files]
+    if getattr(args, "pretrained", None):
+        argv += ["--pretrained", *args.pretrained]
     options = {"--epochs": args.epochs, "--stopping-step": args.stopping_step, "--threads": args.threads}
     for flag, value in options.items():
         if value is not None:
@@ -355,6 +365,39 @@ def evaluate_new_item_runs(variants, seeds, sweep_out, work, split, cases, targe
     return per_run, found, [json.loads(budget) for budget in sorted(budgets)]
 
 
+def few_user_rows(parts, share, seed):
+    """Protocol (c): ({part: rows}, counts) keeping the training rows of a seeded random ``share`` of the users
+    with any (all of a chosen user's prefix rows), validation and test rows untouched."""
+    train = parts["train"]
+    if train.user is None:
+        raise SystemExit(f"the few-users protocol needs the user_id:token column of the train file; its header "
+                         f"is {train.header}")
+    users = {row[train.user] for row in train.rows}
+    chosen = set(choose_share(users, share, seed))
+    rows = {part: split.rows for part, split in parts.items()}
+    rows["train"] = [row for row in train.rows if row[train.user] in chosen]
+    counts = {"users": len(users), "kept_users": len(chosen),
+              "rows": {part: {"source": len(parts[part].rows), "derived": len(rows[part])} for part in PARTS}}
+    return rows, counts
+
+
+def run_few_users(args):
+    if not 0 < args.share < 1:
+        raise SystemExit(f"--share takes a share of the users in (0, 1), got {args.share}")
+    source, name = sweep_harness.resolve_dataset(args)
+    derived_name = f"{name}-users{100 * args.share:g}"
+    sweep_out = os.path.abspath(args.out or os.path.join(HERE, "results", derived_name))
+    work = os.path.abspath(args.work or os.path.join(HERE, "work", derived_name))
+    parts = read_parts(source, name)
+    rows, counts = few_user_rows(parts, args.share, args.split_seed)
+    os.makedirs(sweep_out, exist_ok=True)
+    record = dict(source=source, share=args.share, split_seed=args.split_seed, counts=counts)
+    settle_split(os.path.join(sweep_out, "split.json"), record, keys=("share", "split_seed", "counts"))
+    write_derived(source, name, os.path.join(work, "data", derived_name), parts, rows)
+    print(f"{derived_name}: {counts}", flush=True)
+    sweep_harness.main(sweep_argv(args, name, derived_name, work, sweep_out, args.models))
+
+
 def run_new_items(args):
     source, name = sweep_harness.resolve_dataset(args)
     derived_name = f"{name}-new"
@@ -365,7 +408,7 @@ def run_new_items(args):
     parts, split = prepare_split(args, source, name, sweep_out, work)
     if args.split_only:
         return
-    sweep_harness.main(sweep_argv(args, name, work, sweep_out, variants))
+    sweep_harness.main(sweep_argv(args, name, derived_name, work, sweep_out, variants))
 
     held = set(split["held_out"])
     derived_test = read_parts(os.path.join(work, "data", derived_name), derived_name)["test"]
@@ -392,14 +435,13 @@ def run_new_items(args):
     print(text)
 
 
-def add_new_items_parser(commands):
-    parser = commands.add_parser("new-items", help="protocol (b): items held out of training, added afterwards")
+def add_sweep_options(parser, models):
+    """The options a derived-dataset protocol passes on to benchmarks/run.py."""
     parser.add_argument("--dataset", required=True, help="dataset name (with --data_path) or a dataset folder")
     parser.add_argument("--data_path", default=None, help="folder holding <dataset>/")
-    parser.add_argument("--models", nargs="+", default=NEW_ITEM_MODELS, help="plugin variants and SASRec")
+    parser.add_argument("--models", nargs="+", default=models, help="variants, as run.py")
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
-    parser.add_argument("--holdout", type=float, default=0.1, help="share of the items held out")
-    parser.add_argument("--split-seed", type=int, default=0, help="seed of the held-out draw (not of training)")
+    parser.add_argument("--split-seed", type=int, default=0, help="seed of the split's draw (not of training)")
     parser.add_argument("--epochs", type=int, default=None, help="as run.py: cap on training epochs")
     parser.add_argument("--stopping-step", type=int, default=None, help="as run.py: early-stopping patience")
     parser.add_argument("--quick", action="store_true", help="as run.py: one epoch per run, for smoke tests")
@@ -407,6 +449,13 @@ def add_new_items_parser(commands):
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="as run.py: a setting for every run")
     parser.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS of each run and of the ranking")
+    parser.add_argument("--no-plot", action="store_true", help="no plots (no matplotlib needed)")
+
+
+def add_new_items_parser(commands):
+    parser = commands.add_parser("new-items", help="protocol (b): items held out of training, added afterwards")
+    add_sweep_options(parser, NEW_ITEM_MODELS)
+    parser.add_argument("--holdout", type=float, default=0.1, help="share of the items held out")
     parser.add_argument("--out", default=None,
                         help="where coldstart_new_items.* go (default benchmarks/results/<dataset>)")
     parser.add_argument("--sweep-out", default=None,
@@ -415,8 +464,20 @@ def add_new_items_parser(commands):
                         help="derived data, logs, checkpoints (default benchmarks/work/<dataset>-new)")
     parser.add_argument("--split-only", action="store_true",
                         help="write the split and the derived data, train nothing")
-    parser.add_argument("--no-plot", action="store_true", help="no plots (no matplotlib needed)")
     parser.set_defaults(run=run_new_items)
+
+
+def add_few_users_parser(commands):
+    parser = commands.add_parser("few-users", help="protocol (c): a share of the users' training rows")
+    add_sweep_options(parser, FEW_USER_MODELS)
+    parser.add_argument("--share", type=float, default=0.1, help="share of the users whose training rows are kept")
+    parser.add_argument("--pretrained", nargs="+", default=[], metavar="[MODEL=]PATH",
+                        help="as run.py: pre-training checkpoints, adding the +pretrained twins")
+    parser.add_argument("--out", default=None,
+                        help="the runs' records, table.md, split.json (default benchmarks/results/<dataset>-users<percent>)")
+    parser.add_argument("--work", default=None,
+                        help="derived data, logs, checkpoints (default benchmarks/work/<dataset>-users<percent>)")
+    parser.set_defaults(run=run_few_users)
 
 
 def main(argv=None):
@@ -429,6 +490,7 @@ def main(argv=None):
     buckets.add_argument("--data_path", help="where the runs' data lives now (default: as recorded)")
     buckets.set_defaults(run=run_buckets)
     add_new_items_parser(commands)
+    add_few_users_parser(commands)
     args = parser.parse_args(argv)
     args.argv = argv
     args.run(args)

@@ -30,7 +30,7 @@ import torch
 from recbole_missrec.atomic import atomic_open
 
 PARTS = ("train", "valid", "test")
-HISTORY, TARGET = "item_id_list", "item_id"  # the benchmark layout's columns (token_seq, token)
+HISTORY, TARGET, USER = "item_id_list", "item_id", "user_id"  # the benchmark layout's columns
 
 
 class Split:
@@ -46,6 +46,7 @@ class Split:
             raise SystemExit(f"{path}: the new-items protocol reads the benchmark layout ({HISTORY}:token_seq and "
                              f"{TARGET}:token columns); the header is {lines[0]!r}")
         self.history, self.target = names.index(HISTORY), names.index(TARGET)
+        self.user = names.index(USER) if USER in names else None
         self.rows = [line.split("\t") for line in lines[1:] if line.strip()]
 
     def items(self, row):
@@ -80,7 +81,7 @@ def token_order(tokens):
     return sorted(tokens, key=int if numeric else str)
 
 
-def choose_held_out(tokens, share, seed):
+def choose_share(tokens, share, seed):
     """A seeded random ``share`` of the tokens (rounded, at least one), in token order."""
     ordered = token_order(tokens)
     count = max(1, round(share * len(ordered)))
@@ -112,7 +113,7 @@ def derived_rows(parts, held):
 def make_split(parts, share, seed):
     """The held-out items, the derived rows and the counts the results record."""
     source_tokens = tokens_of(parts)
-    held = choose_held_out(source_tokens, share, seed)
+    held = choose_share(source_tokens, share, seed)
     rows = derived_rows(parts, held)
     derived_tokens = set()
     for part, split in parts.items():

@@ -361,6 +361,42 @@ def test_new_items_protocol_end_to_end_on_the_toy_data(toy):
     assert expected["rows"] == 5 and expected["ndcg@10"] == pytest.approx(served["ndcg@10"], abs=1e-6)
 
 
+def test_few_users_protocol_keeps_a_share_of_the_users_training_rows(toy):
+    """Protocol (c) --quick: the derived train file holds every prefix row of the chosen users and no other
+    row, validation and test are the source's, the sweep trains on it, and a second sweep into the same
+    folder with another share is refused before it trains."""
+    import coldstart
+
+    argv = ["few-users", "--dataset", "toy", "--data_path", str(toy), "--models", "SASRec-length-aware",
+            "--seeds", "1", "--quick", "--share", "0.25", "--config-files", str(toy / "toy.yaml"),
+            "--out", str(toy / "sweep"), "--work", str(toy / "work"), "--threads", "1", "--no-plot"]
+    coldstart.main(argv)
+    split = json.loads((toy / "sweep" / "split.json").read_text())
+    source = {part: (toy / "toy" / f"toy.{part}.inter").read_text().splitlines() for part in ("train", "valid", "test")}
+    derived = {part: (toy / "work" / "data" / "toy-users25" / f"toy-users25.{part}.inter").read_text().splitlines()
+               for part in ("train", "valid", "test")}
+    assert derived["valid"] == source["valid"] and derived["test"] == source["test"]
+    users = {line.split("\t")[0] for line in source["train"][1:]}
+    kept = {line.split("\t")[0] for line in derived["train"][1:]}
+    assert split["counts"]["kept_users"] == len(kept) == round(0.25 * len(users))
+    assert derived["train"][1:] == [line for line in source["train"][1:] if line.split("\t")[0] in kept]
+    (record,) = json.loads((toy / "sweep" / "results.json").read_text())["runs"]
+    assert record["status"] == "ok" and record["dataset"] == "toy-users25"
+    with pytest.raises(SystemExit, match="records another split"):
+        coldstart.main([value if value != "0.25" else "0.5" for value in argv])
+
+
+def test_derived_sweeps_pass_the_checkpoints_on():
+    import argparse
+
+    import coldstart
+
+    args = argparse.Namespace(config_files=[], seeds=[1], epochs=None, stopping_step=None, threads=None,
+                              overrides=[], quick=True, no_plot=True, pretrained=["MISSRec=m.pth"])
+    argv = coldstart.sweep_argv(args, "toy", "toy-users10", "w", "o", ["MISSRec-inductive"])
+    assert argv[argv.index("--dataset") + 1] == "toy-users10" and argv[-4:-2] == ["--pretrained", "MISSRec=m.pth"]
+
+
 def test_sasrec_new_items_get_untrained_rows_as_sasrec_draws_them():
     import types
 
