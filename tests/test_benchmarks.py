@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 import yaml
 
 from conftest import ROOT, reevaluated_test_result, tiny_pretrain_config, write_benchmark_dataset, write_pretrain_dataset
@@ -154,6 +155,29 @@ def test_quick_sweep_runs_unisrec_from_scratch_and_from_its_pretraining(toy):
     transferred = runs["UniSRec-transductive+pretrained"]
     assert transferred["pretrained"] == checkpoint and transferred["transfer"]["new"] == ["item_embedding.weight"]
     assert transferred["trainable_params"] < transferred["total_params"] == runs["UniSRec-transductive"]["total_params"]
+
+
+def test_reinitialised_checkpoint_redraws_every_weight_as_a_run_would(tmp_path):
+    """The transfer control: same entries and shapes as the pre-trained checkpoint, none of its values, the
+    same draw for the same seed, and a fine-tuning run accepts it as it accepts the real one."""
+    from reinit_checkpoint import main as reinit_main
+
+    write_pretrain_dataset(tmp_path)
+    checkpoint = run_recbole_missrec("MISSRec", "pt", config_dict=tiny_pretrain_config(tmp_path, epochs=1))["checkpoint"]
+    outputs = {}
+    for name, seed in (("a", 1), ("b", 1), ("c", 2)):
+        reinit_main([checkpoint, "--seed", str(seed), "--out", str(tmp_path / f"{name}.pth")])
+        outputs[name] = torch.load(tmp_path / f"{name}.pth", weights_only=True)["state_dict"]
+    trained = torch.load(checkpoint, weights_only=True)["state_dict"]
+    assert {key: value.shape for key, value in outputs["a"].items()} == {key: value.shape for key, value in trained.items()}
+    weight = "transformer.encoder.layers.0.linear1.weight"
+    assert torch.equal(outputs["a"][weight], outputs["b"][weight]) and not torch.equal(outputs["a"][weight], outputs["c"][weight])
+    assert not torch.equal(outputs["a"][weight], trained[weight])
+    with pytest.raises(SystemExit, match="the checkpoint itself"):
+        reinit_main([checkpoint, "--out", checkpoint])
+    config = tiny_pretrain_config(tmp_path, train_stage="inductive_ft", modal_type="text", epochs=1, topk=[10])
+    result = run_recbole_missrec("MISSRec", "pt", config_dict=config, pretrained=str(tmp_path / "a.pth"))
+    assert result["transfer"]["loaded"] and result["trainable_params"] < result["total_params"]
 
 
 def test_failed_run_is_recorded_and_the_sweep_goes_on(toy):
