@@ -287,3 +287,29 @@ def test_pretraining_then_finetuning_both_modes_from_its_checkpoint(tmp_path):
         assert all(torch.equal(tuned[name], state[name]) == name.startswith(("position_embedding", "trm_encoder"))
                    for name in state)  # the backbone kept its pre-trained values, everything else trained
         assert "ndcg@10" in result["test_result"] and not any("img" in name for name in tuned)
+
+
+def one_pretraining_step(recompute_tokens):
+    model = build("pretrain", hidden_dropout_prob=0.3, recompute_tokens=recompute_tokens).train()
+    interaction = pretrain_batch(model)
+    torch.manual_seed(7)  # the dropout masks
+    loss = sum(model.calculate_loss(interaction).values())
+    loss.backward()
+    return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+def test_recomputed_transformer_activations_give_the_same_loss_and_gradients(monkeypatch):
+    """Pre-training's long batches recompute the Transformer in backward (the shared ``run_or_recompute``):
+    the sequence and its view both go through it, with dropout on, and nothing may change."""
+    from recbole_missrec.model.layers import checkpoint as real_checkpoint
+    from recbole_missrec.model import layers
+
+    calls = []
+    monkeypatch.setattr(layers, "checkpoint", lambda *args, **kwargs: calls.append(1) or real_checkpoint(*args, **kwargs))
+    plain_loss, plain = one_pretraining_step(0)
+    assert not calls
+    recomputed_loss, recomputed = one_pretraining_step(1)  # every batch is above a budget of 1 token
+    assert len(calls) == 2  # the sequences and their views
+    assert torch.equal(plain_loss, recomputed_loss) and plain.keys() == recomputed.keys()
+    assert any(name.startswith("trm_encoder") for name in plain)
+    assert all(torch.equal(plain[name], recomputed[name]) for name in plain)

@@ -27,7 +27,7 @@ from torch import nn
 from recbole_missrec.data.dataset import AUGMENTED_TEXT
 from recbole_missrec.model.layers import (
     DUPLICATE_MODES, ITEM_DROP_MODES, MoEAdaptor, duplicate_mask, full_softmax_ce, in_batch_infonce, local_rows,
-    normal_init, transfer_weights,
+    normal_init, run_or_recompute, transfer_weights,
 )
 from recbole_missrec.model.unisrec.views import AUGMENT_CHOICES, VIEW_SEQ, VIEW_SEQ_LEN, VIEW_WORD_DROP, add_view
 
@@ -59,6 +59,7 @@ class UniSRec(SequentialRecommender):
         self.n_exps = config["n_exps"]
         self.adaptor_dropout_prob = config["adaptor_dropout_prob"]
         self.adaptor_noise = config["adaptor_noise"]
+        self.recompute_tokens = config["recompute_tokens"]
 
         self.gather_rows = local_rows
 
@@ -134,8 +135,12 @@ class UniSRec(SequentialRecommender):
         if self.item_embedding is not None:
             x = x + self.id_embedding(item_seq)
         x = self.dropout(self.LayerNorm(x))
-        output = self.trm_encoder(x, self.get_attention_mask(item_seq), output_all_encoded_layers=True)[-1]
+        output = run_or_recompute(self._transformer, self.recompute_tokens, x, self.get_attention_mask(item_seq))
         return F.normalize(self.gather_indexes(output, item_seq_len - 1), dim=-1)
+
+    def _transformer(self, x, attention_mask):
+        """The Transformer's last layer output, [B, L, d]: one module call for ``run_or_recompute``."""
+        return self.trm_encoder(x, attention_mask, output_all_encoded_layers=False)[-1]
 
     def forward(self, item_seq, item_seq_len):
         return self.encode(item_seq, item_seq_len, self.item_tokens(item_seq))
