@@ -42,7 +42,8 @@ import torch
 
 import run as sweep_harness
 from new_items import (
-    PARTS, cases_of, choose_share, make_split, plugin_top_k, ranks_in_top_k, read_parts, sasrec_top_k, write_derived,
+    PARTS, cases_of, choose_share, make_split, plugin_top_k, ranks_in_top_k, read_parts, row_counts, sasrec_top_k,
+    write_derived,
 )
 from recbole_missrec.atomic import atomic_open, atomic_write_json
 from variants import VARIANTS
@@ -376,8 +377,7 @@ def few_user_rows(parts, share, seed):
     chosen = set(choose_share(users, share, seed))
     rows = {part: split.rows for part, split in parts.items()}
     rows["train"] = [row for row in train.rows if row[train.user] in chosen]
-    counts = {"users": len(users), "kept_users": len(chosen),
-              "rows": {part: {"source": len(parts[part].rows), "derived": len(rows[part])} for part in PARTS}}
+    counts = {"users": len(users), "kept_users": len(chosen), "rows": row_counts(parts, rows)}
     return rows, counts
 
 

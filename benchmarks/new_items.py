@@ -110,6 +110,11 @@ def derived_rows(parts, held):
     return out
 
 
+def row_counts(parts, rows):
+    """{part: {"source": rows of the source file, "derived": rows of the derived one}}, as split records keep."""
+    return {part: {"source": len(parts[part].rows), "derived": len(rows[part])} for part in PARTS}
+
+
 def make_split(parts, share, seed):
     """The held-out items, the derived rows and the counts the results record."""
     source_tokens = tokens_of(parts)
@@ -127,7 +132,7 @@ def make_split(parts, share, seed):
     counts = {
         "items": len(source_tokens), "held_out": len(held), "trained_items": len(derived_tokens),
         "vanished": len(vanished),
-        "rows": {part: {"source": len(parts[part].rows), "derived": len(rows[part])} for part in PARTS},
+        "rows": row_counts(parts, rows),
         "new_item_rows": len(evaluated),
         "new_item_rows_with_held_out_history": sum(bool(set(history) & set(held)) for history, _ in evaluated),
     }

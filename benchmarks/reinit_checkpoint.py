@@ -16,17 +16,14 @@ import os
 
 from recbole.utils import init_seed
 
-from recbole_missrec.config import PluginConfig
+from recbole_missrec.quick_start import checkpoint_config
 from recbole_missrec.trainer import CheckpointError, load_state, save_state
 from recbole_missrec.utils import create_dataset
 
 
-def fresh_state(checkpoint, data_path, seed):
+def fresh_state(checkpoint, path, data_path, seed):
     """The state_dict of the checkpoint's model as its run would initialise it under ``seed``."""
-    stored = dict(checkpoint["config"], seed=seed)
-    stored["data_path"] = data_path if data_path is not None else os.path.dirname(stored["data_path"])
-    config = PluginConfig(model=stored.pop("model"), dataset=stored.pop("dataset"), config_dict=stored,
-                          command_line=False)
+    config = checkpoint_config(checkpoint, path, data_path, {"seed": seed})
     dataset = create_dataset(config, config.model_class)
     train = dataset.build()[0]  # the split a run builds its model on (a pre-training set has only this one)
     init_seed(config["seed"], config["reproducibility"])
@@ -36,9 +33,9 @@ def fresh_state(checkpoint, data_path, seed):
 def reinitialise(path, data_path, seed):
     """The checkpoint at ``path`` with every state_dict entry re-drawn (shapes checked)."""
     checkpoint = load_state(path)
-    if "config" not in checkpoint or "state_dict" not in checkpoint:
-        raise CheckpointError(f"{path} records no config and state_dict: pass a checkpoint written by recbole-missrec")
-    fresh = fresh_state(checkpoint, data_path, seed)
+    if "state_dict" not in checkpoint:
+        raise CheckpointError(f"{path} records no state_dict: pass a checkpoint written by recbole-missrec")
+    fresh = fresh_state(checkpoint, path, data_path, seed)
     trained = checkpoint["state_dict"]
     mismatched = [key for key in trained if key not in fresh or fresh[key].shape != trained[key].shape]
     if mismatched:

@@ -220,6 +220,19 @@ def objective_function(config_dict=None, config_file_list=None, saved=True):
     return {key: result[key] for key in keys}
 
 
+def checkpoint_config(checkpoint, model_file, data_path=None, config_dict=None):
+    """The Config of the run that wrote ``checkpoint`` (its plain stored values), with the data now under
+    ``data_path`` and ``config_dict`` overriding any stored setting."""
+    if "config" not in checkpoint:
+        raise CheckpointError(f"{model_file} records no config (written by an older version of the plugin): "
+                              f"retrain, or rebuild the run with run_recbole_missrec and load its state_dict")
+    stored = dict(checkpoint["config"], **(config_dict or {}))
+    # The stored data_path is RecBole's resolved <data_path>/<dataset>; Config joins the dataset name again.
+    stored["data_path"] = data_path if data_path is not None else os.path.dirname(stored["data_path"])
+    return PluginConfig(model=stored.pop("model"), dataset=stored.pop("dataset"), config_dict=stored,
+                        command_line=False)
+
+
 def load_data_and_model(model_file, data_path=None, config_dict=None):
     """RecBole's ``load_data_and_model`` for the plugin's weights-only checkpoints: rebuilds the run's
     config (stored in the checkpoint as plain values), dataset and data loaders, and the trained model.
@@ -229,14 +242,7 @@ def load_data_and_model(model_file, data_path=None, config_dict=None):
     does, so ``recbole.utils.case_study.full_sort_topk`` works on it.
     """
     checkpoint = load_state(model_file)
-    if "config" not in checkpoint:
-        raise CheckpointError(f"{model_file} records no config (written by an older version of the plugin): "
-                              f"retrain, or rebuild the run with run_recbole_missrec and load its state_dict")
-    stored = dict(checkpoint["config"], **(config_dict or {}))
-    # The stored data_path is RecBole's resolved <data_path>/<dataset>; Config joins the dataset name again.
-    stored["data_path"] = data_path if data_path is not None else os.path.dirname(stored["data_path"])
-    config = PluginConfig(model=stored.pop("model"), dataset=stored.pop("dataset"), config_dict=stored,
-                          command_line=False)
+    config = checkpoint_config(checkpoint, model_file, data_path, config_dict)
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     logger = getLogger()
