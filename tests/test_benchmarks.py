@@ -118,6 +118,22 @@ def test_quick_sweep_writes_reports_and_resumes(toy):
             assert sum(result[name]["rows"] for name in ("0", "1-4", "5-9", "10-19", ">=20")) == result["all"]["rows"]
     assert (toy / "out" / "coldstart_buckets.png").read_bytes()[:4] == b"\x89PNG"
 
+    from reevaluate import main as reevaluate_main  # a record that lost metrics gets them back from its checkpoint
+
+    record_path = toy / "out" / "runs" / "MISSRec-inductive__seed1.json"
+    original = json.loads(record_path.read_text())
+    trimmed = dict(original, test={"ndcg@10": original["test"]["ndcg@10"]})
+    record_path.write_text(json.dumps(trimmed))
+    reevaluate_main([str(toy / "out"), "--work", str(toy / "work")])
+    assert json.loads(record_path.read_text())["test"] == original["test"]
+    rebuilt = json.loads((toy / "out" / "results.json").read_text())["runs"]
+    assert [run["test"] for run in rebuilt if run["variant"] == "MISSRec-inductive" and run["seed"] == 1] == [original["test"]]
+    forged = json.dumps(dict(original, test=dict(original["test"], **{"ndcg@10": 0.5})))
+    record_path.write_text(forged)
+    with pytest.raises(SystemExit, match="does not reproduce"):
+        reevaluate_main([str(toy / "out"), "--work", str(toy / "work")])
+    assert record_path.read_text() == forged
+
 
 def test_quick_sweep_runs_the_msm4sr_variants(toy):
     """From scratch (IDs, features only) and the in-domain two-stage schedule: pre-train, then fine-tune from
