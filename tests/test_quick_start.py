@@ -34,14 +34,30 @@ def test_missrec_end_to_end_on_benchmark_files(tmp_path):
     assert result["trainable_params"] == result["total_params"] > 0
 
 
+def atomic_run_config(tmp_path):
+    """An atomic ``toy.inter`` read with RecBole's default ``load_col`` (user and item only)."""
+    config = tiny_run_config(tmp_path, epochs=1, topk=[5, 10], train_stage="inductive_ft", benchmark_filename=None,
+                             alias_of_item_id=None, modal_type="text")
+    del config["load_col"]
+    return config
+
+
 def test_missrec_inductive_on_atomic_inter_split_by_recbole(tmp_path):
+    """RecBole splits the atomic file by time: its timestamp column is read although load_col names only user and item."""
     write_benchmark_dataset(tmp_path, atomic=True)
-    config = tiny_run_config(
-        tmp_path, epochs=1, topk=[5, 10], train_stage="inductive_ft", benchmark_filename=None, alias_of_item_id=None,
-        load_col={"inter": ["user_id", "item_id", "timestamp"]}, modal_type="text",
-    )
-    result = run_recbole_missrec("MISSRec", "toy", config_dict=config)
+    result = run_recbole_missrec("MISSRec", "toy", config_dict=atomic_run_config(tmp_path))
     check_result(result, epochs=1)
+
+
+def test_an_atomic_file_without_timestamps_is_named(tmp_path):
+    folder = write_benchmark_dataset(tmp_path, atomic=True)
+    path = os.path.join(folder, "toy.inter")
+    with open(path) as handle:
+        rows = [line.rstrip("\n").split("\t")[:2] for line in handle]
+    with open(path, "w") as handle:
+        handle.writelines("\t".join(row) + "\n" for row in rows)
+    with pytest.raises(ValueError, match=r"toy\.inter has no timestamp column .* add a 'timestamp:float' column"):
+        run_recbole_missrec("MISSRec", "toy", config_dict=atomic_run_config(tmp_path))
 
 
 def test_recbole_baseline_through_the_same_entry_point(tmp_path):
