@@ -132,13 +132,18 @@ def aggregate(per_run):
             if not isinstance(results[0][bucket], dict):
                 continue
             rows = results[0][bucket]["rows"]
-            entry = {"rows": rows}
+            entry = {"rows": rows, "seeds": len(results)}
             for metric in ("hit@10", "ndcg@10"):
                 values = [result[bucket][metric] for result in results if metric in result[bucket]]
                 if values:
                     entry[metric] = (mean(values), stdev(values) if len(values) > 1 else 0.0)
             table[variant][bucket] = entry
     return table
+
+
+def cell(value, seeds):
+    """'mean ± std' of a (mean, std) pair; one seed has no spread to show, so its value stands alone."""
+    return f"{value[0]:.4f} ± {value[1]:.4f}" if seeds > 1 else f"{value[0]:.4f}"
 
 
 def markdown(table, metric):
@@ -150,8 +155,8 @@ def markdown(table, metric):
     for variant in variants:
         cells = []
         for bucket in buckets:
-            value = table[variant][bucket].get(metric)
-            cells.append(f"{value[0]:.4f} ± {value[1]:.4f}" if value else "-")
+            entry = table[variant][bucket]
+            cells.append(cell(entry[metric], entry["seeds"]) if metric in entry else "-")
         lines.append(f"| {variant} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -290,8 +295,8 @@ def new_items_table(report):
              f"NDCG@10 (warm rows, trained items only) |", "|---" * 7 + "|",
              "| random ranking | | " + f"{chance['hit@10']:.4f} | {chance['ndcg@10']:.4f} | " * 2 + " |"]
     for variant, row in report["table"].items():
-        cells = [f"{row[case][metric][0]:.4f} ± {row[case][metric][1]:.4f}" for case in CASES
-                 for metric in ("hit@10", "ndcg@10")]
+        seed_count = len(report["per_run"][variant])
+        cells = [cell(row[case][metric], seed_count) for case in CASES for metric in ("hit@10", "ndcg@10")]
         recbole = mean(result["recbole_test_ndcg@10"] for result in report["per_run"][variant])
         seeds = ", ".join(map(str, report["seeds"][variant]))
         lines.append(f"| {variant} | {seeds} | " + " | ".join(cells) + f" | {recbole:.4f} |")

@@ -357,6 +357,18 @@ def test_training_counts_count_each_interaction_once():
     assert tied["ndcg@10"] == pytest.approx((1 / math.log2(10) + 1 / math.log2(11)) / 4)
 
 
+def test_bucket_table_shows_no_spread_for_a_single_seed():
+    """One seed has no std: '± 0.0000' beside it would read as a measured, perfectly stable mean."""
+    import torch
+
+    import coldstart
+
+    split = coldstart.bucket_metrics(torch.tensor([0, 3, 12, 9]), torch.tensor([0, 2, 2, 25]))
+    lines = coldstart.markdown(coldstart.aggregate({"one": [split], "two": [split, split]}), "hit@10").splitlines()
+    assert lines[3] == "| one | 0.7500 | 1.0000 | 0.5000 | - | - | 1.0000 |"
+    assert lines[4].startswith("| two | 0.7500 ± 0.0000 | 1.0000 ± 0.0000 | 0.5000 ± 0.0000 | - |")
+
+
 def test_new_items_protocol_end_to_end_on_the_toy_data(toy):
     """Protocol (b) --quick: split, derived data, one sweep run per model, new items added, both row sets
     ranked; MSM4SR-inductive keeps no per-item weight, so the served ranking must equal that of the same
