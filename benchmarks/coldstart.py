@@ -132,7 +132,7 @@ def aggregate(per_run):
             if not isinstance(results[0][bucket], dict):
                 continue
             rows = results[0][bucket]["rows"]
-            entry = {"rows": rows, "seeds": len(results)}
+            entry = {"rows": rows}
             for metric in ("hit@10", "ndcg@10"):
                 values = [result[bucket][metric] for result in results if metric in result[bucket]]
                 if values:
@@ -146,7 +146,8 @@ def cell(value, seeds):
     return f"{value[0]:.4f} ± {value[1]:.4f}" if seeds > 1 else f"{value[0]:.4f}"
 
 
-def markdown(table, metric):
+def markdown(table, metric, seed_counts):
+    """The bucket table of one metric; ``seed_counts`` {variant: runs} decides whether a cell shows a spread."""
     buckets = ["all"] + [bucket_name(low, high) for low, high in BUCKETS]
     variants = list(table)
     sizes = table[variants[0]]
@@ -155,8 +156,8 @@ def markdown(table, metric):
     for variant in variants:
         cells = []
         for bucket in buckets:
-            entry = table[variant][bucket]
-            cells.append(cell(entry[metric], entry["seeds"]) if metric in entry else "-")
+            value = table[variant][bucket].get(metric)
+            cells.append(cell(value, seed_counts[variant]) if value else "-")
         lines.append(f"| {variant} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -210,8 +211,9 @@ def run_buckets(args):
     table = aggregate(per_run)
     name = os.path.basename(os.path.normpath(args.results))
     atomic_write_json(os.path.join(args.results, "coldstart_buckets.json"), {"per_run": per_run, "table": table}, indent=1)
-    text = (f"# {name}: test accuracy by the target's training interactions\n\nNDCG@10\n\n{markdown(table, 'ndcg@10')}\n\n"
-            f"HIT@10\n\n{markdown(table, 'hit@10')}\n")
+    seed_counts = {variant: len(results) for variant, results in per_run.items()}
+    text = (f"# {name}: test accuracy by the target's training interactions\n\nNDCG@10\n\n"
+            f"{markdown(table, 'ndcg@10', seed_counts)}\n\nHIT@10\n\n{markdown(table, 'hit@10', seed_counts)}\n")
     with atomic_open(os.path.join(args.results, "coldstart_buckets.md"), "w") as handle:
         handle.write(text)
     plot(table, os.path.join(args.results, "coldstart_buckets.png"), f"{name}: NDCG@10 by target popularity")

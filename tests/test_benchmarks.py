@@ -364,7 +364,8 @@ def test_bucket_table_shows_no_spread_for_a_single_seed():
     import coldstart
 
     split = coldstart.bucket_metrics(torch.tensor([0, 3, 12, 9]), torch.tensor([0, 2, 2, 25]))
-    lines = coldstart.markdown(coldstart.aggregate({"one": [split], "two": [split, split]}), "hit@10").splitlines()
+    per_run = {"one": [split], "two": [split, split]}
+    lines = coldstart.markdown(coldstart.aggregate(per_run), "hit@10", {"one": 1, "two": 2}).splitlines()
     assert lines[3] == "| one | 0.7500 | 1.0000 | 0.5000 | - | - | 1.0000 |"
     assert lines[4].startswith("| two | 0.7500 ± 0.0000 | 1.0000 ± 0.0000 | 0.5000 ± 0.0000 | - |")
 
