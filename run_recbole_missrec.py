@@ -27,7 +27,8 @@ def parse_args():
     parser.add_argument("--pretrained", default=None, metavar="PATH", help="fine-tune from this pre-trained checkpoint")
     parser.add_argument(
         "--resume", nargs="?", const=True, default=None, metavar="PATH",
-        help="continue pre-training from PATH, or without PATH from this run's latest checkpoint",
+        help="pre-training: continue from PATH, or without PATH from this run's latest checkpoint; training with "
+             "validation: keep progress after every epoch and continue from it (PATH: that progress file)",
     )
     args, _ = parser.parse_known_args()
     return args

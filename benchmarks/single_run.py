@@ -72,7 +72,8 @@ def pretrain(spec, plugin):
 def run(spec):
     """Train and test one variant. A two-stage one pre-trains first, then fine-tunes from that checkpoint:
     a plugin model through ``pretrained`` (its load report is kept), RecBole's S3Rec through its
-    ``pre_model_path``."""
+    ``pre_model_path``. The last stage keeps its progress (``resume``), so a killed run continues from its
+    last validated epoch when the sweep is relaunched."""
     config = dict(spec["config"])
     pretrained = spec.get("pretrained")
     extra = {}
@@ -84,7 +85,7 @@ def run(spec):
         else:
             config.update(train_stage="finetune", pre_model_path=weights)
     result = run_recbole_missrec(spec["model"], spec["dataset"], spec["config_files"], config, saved=True,
-                                 pretrained=pretrained)
+                                 pretrained=pretrained, resume=True)
     if pretrained:
         extra["transfer"] = result.get("transfer")
     return dict(summarize(result), **extra, torch_threads=torch.get_num_threads())
@@ -92,7 +93,8 @@ def run(spec):
 
 def cpu_seconds():
     """User + system CPU time of this process: unlike wall time, it does not grow when other jobs share
-    the cores (with OMP_NUM_THREADS=1 it approximates the wall time on an idle machine)."""
+    the cores (with OMP_NUM_THREADS=1 it approximates the wall time on an idle machine). A resumed run's
+    covers this process only; its history keeps every epoch's seconds."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
 

@@ -4,9 +4,9 @@ Same signatures and flow as ``recbole.quick_start``; they exist because RecBole'
 datasets and trainers up in RecBole only (and reload pickled checkpoints), and because the result here also
 carries what benchmarks need (per-epoch history, parameter counts, peak memory). A plugin model's stage is
 chosen by ``train_stage``: a pre-training stage with ``pretrain_select: fixed_epochs`` trains on the train
-split for a fixed number of epochs (``resume`` continues it), every other stage trains with validation and
-early stopping and is tested. RecBole's models (S3Rec's pre-training included) take RecBole's own flow.
-Under ``torchrun`` every stage of a plugin model runs data-parallel.
+split for a fixed number of epochs, every other stage trains with validation and early stopping and is
+tested; ``resume`` continues either kind after a crash. RecBole's models (S3Rec's pre-training included)
+take RecBole's own flow. Under ``torchrun`` every stage of a plugin model runs data-parallel.
 """
 import logging
 import os
@@ -118,9 +118,22 @@ def pretrain_fixed_epochs(model_class, config, logger, resume=None, saved=True):
     return dict(_run_summary(trainer, trainable, total), checkpoint=trainer.saved_model_file)
 
 
-def train_and_evaluate(model_class, config, logger, pretrained=None, saved=True):
+def progress_file(config):
+    """Where a resumable run with validation keeps its progress: one file per model, dataset, stage and
+    seed in ``checkpoint_dir``."""
+    stage = config["train_stage"] or "train"
+    name = f"{config['model']}-{config['dataset']}-{stage}-seed{config['seed']}-progress.pth"
+    return os.path.join(config["checkpoint_dir"], name)
+
+
+def train_and_evaluate(model_class, config, logger, pretrained=None, saved=True, resume=None):
     """RecBole's flow: train with validation and early stopping, then evaluate the best checkpoint on the
-    test split. ``pretrained`` (plugin models): a checkpoint to transfer from first."""
+    test split. ``pretrained`` (plugin models): a checkpoint to transfer from first.
+
+    ``resume``: True keeps the run's progress in :func:`progress_file` after every validation and, when
+    that file exists, continues from it (so the same command can be relaunched after a crash); a path
+    does the same with that file.
+    """
     data = create_dataset(config, model_class)
     logger.info(data)
     train_data, valid_data, test_data = data_preparation(config, data)
@@ -133,6 +146,15 @@ def train_and_evaluate(model_class, config, logger, pretrained=None, saved=True)
     trainer = get_trainer(config["MODEL_TYPE"], config["model"], config["train_stage"])(config, net)
     if distributed.world_size() > 1 and not isinstance(trainer, HookedStepMixin):
         raise ValueError(f"data-parallel training is implemented for the plugin's trainers, not {type(trainer).__name__}")
+    if resume:
+        if not saved:
+            raise ValueError("`resume` needs saved=True: a resumed run tests the best checkpoint it saved")
+        trainer.progress_file = progress_file(config) if resume is True else str(resume)
+        if os.path.isfile(trainer.progress_file):
+            trainer.resume_progress(trainer.progress_file)
+        elif resume is not True:
+            raise FileNotFoundError(f"progress file not found: {resume} (pass --resume without a path to start "
+                                    f"a resumable run)")
     best_valid_score, best_valid_result = trainer.fit(
         train_data, valid_data, saved=saved, show_progress=config["show_progress"]
     )
@@ -207,9 +229,7 @@ def run_recbole_missrec(model=None, dataset=None, config_file_list=None, config_
         if pretrained:
             raise ValueError("`pretrained` is for fine-tuning; continue a pre-training run with `resume`")
         return pretrain_fixed_epochs(model_class, config, logger, resume=resume, saved=saved)
-    if resume:
-        raise ValueError("`resume` continues a fixed-epoch pre-training run (train_stage=pretrain)")
-    return train_and_evaluate(model_class, config, logger, pretrained=pretrained, saved=saved)
+    return train_and_evaluate(model_class, config, logger, pretrained=pretrained, saved=saved, resume=resume)
 
 
 def objective_function(config_dict=None, config_file_list=None, saved=True):

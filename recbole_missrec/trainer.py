@@ -12,9 +12,10 @@ that belongs to one family.
   ``prepare_batch(interaction, generator)`` (adds stage inputs such as augmented views to a training batch
   before it is split across ranks), ``calculate_loss`` returning a dict of named terms, and a
   ``gather_rows`` attribute that the engine points at the cross-rank gather under DDP.
-- **Data-parallel steps** under ``torchrun`` (``distributed.py``) and **resumable fixed-epoch
-  pre-training** (:class:`PretrainTrainer`): every random stream in the checkpoint, so a resumed run
-  continues bit-for-bit.
+- **Data-parallel steps** under ``torchrun`` (``distributed.py``), **resumable fixed-epoch
+  pre-training** (:class:`PretrainTrainer`) and **resumable training with early stopping**
+  (:class:`ResumableFitMixin`, RecBole's baselines too): every random stream in the checkpoint, so a
+  resumed run continues bit-for-bit.
 """
 import copy
 import ctypes
@@ -73,8 +74,11 @@ def load_state(path, device="cpu"):
 def _plain(value):
     """(value with tuples as lists, True) if it is made of plain YAML/JSON types (recursively), else
     (anything, False)."""
-    if value is None or isinstance(value, (bool, int, float, str)):
+    if value is None or isinstance(value, str):
         return value, True
+    for kind in (bool, int, float):  # numpy's float64 is a float: stored as one, torch's weights-only load refuses it
+        if isinstance(value, kind):
+            return kind(value), True
     if isinstance(value, (list, tuple)):
         items = [_plain(item) for item in value]
         return [item for item, _ in items], all(ok for _, ok in items)
@@ -253,16 +257,93 @@ class EpochHistoryMixin:
         release_freed_memory()
         if self.history:
             self.history[-1].update(
-                valid_seconds=perf_counter() - start, valid_score=float(score), valid_result=dict(result)
+                valid_seconds=perf_counter() - start, valid_score=float(score),
+                valid_result={name: float(value) for name, value in result.items()},
             )
         return score, result
 
 
+class ResumableFitMixin:
+    """Training with early stopping that a later process can continue where this one stopped.
+
+    RecBole's ``resume_checkpoint`` restores a best checkpoint: it holds no history and no random streams,
+    and it goes back to the last improvement, so a run killed several epochs after its best repeats them
+    on other random draws. With ``progress_file`` set, the state after every validation (model, optimizer,
+    early-stopping counters, best result and the best checkpoint's path, history, every random stream) is
+    written atomically to that one file. After ``resume_progress``, ``fit`` continues bit-for-bit; when the
+    stored run had ended, it returns the stored best result without training.
+    """
+
+    progress_file = None
+    _finished = False
+    _resumed_rng = None
+
+    def _progress_state(self, epoch, train_data, finished):
+        return {
+            "model": self.config["model"], "config": plain_config(self.config), "train_stage": "progress",
+            "epoch": epoch, "finished": finished, "cur_step": self.cur_step,
+            "best_valid_score": float(self.best_valid_score), "best_valid_result": _plain(self.best_valid_result)[0],
+            "best_checkpoint": self.saved_model_file, "state_dict": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "history": self.history, "loss_names": self.loss_names,
+            "rng": distributed.gather_objects(rng_state(train_data.generator)),
+        }
+
+    def _save_progress(self, epoch, train_data, finished=False):
+        state = self._progress_state(epoch, train_data, finished)  # every rank takes part in gathering
+        if distributed.is_main():
+            save_state(state, self.progress_file)
+
+    def resume_progress(self, path):
+        """Load the progress file ``path`` (written by a run of the same model and settings)."""
+        state = load_state(str(path), self.device)
+        if state.get("train_stage") != "progress" or state.get("model") != self.config["model"]:
+            raise CheckpointError(f"{path} is not a {self.config['model']} progress file of this plugin: pass the "
+                                  f"file a run with `resume` wrote, or delete it to start afresh")
+        if len(state["rng"]) != distributed.world_size():
+            raise CheckpointError(f"{path} was written by {len(state['rng'])} processes; resume it with as many "
+                                  f"(now {distributed.world_size()})")
+        if not os.path.isfile(state["best_checkpoint"]):
+            raise CheckpointError(f"{path} continues a run whose best checkpoint {state['best_checkpoint']} is gone: "
+                                  f"delete {path} to start afresh")
+        self.model.load_state_dict(state["state_dict"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.start_epoch = state["epoch"] + 1
+        self.cur_step = state["cur_step"]
+        self.best_valid_score = state["best_valid_score"]
+        self.best_valid_result = state["best_valid_result"]
+        self.saved_model_file = state["best_checkpoint"]
+        self.history = list(state["history"])
+        self.loss_names = state["loss_names"]
+        self._finished = state["finished"]
+        self._resumed_rng = state["rng"][distributed.rank()]
+        done = "finished, nothing to train" if self._finished else f"next epoch {self.start_epoch}"
+        self.logger.info(f"Resumed from {path}: {done}")
+
+    def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
+        if self.progress_file is None:
+            return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
+        if self._finished or self.start_epoch >= self.epochs:  # RecBole would overwrite the best checkpoint
+            return self.best_valid_score, self.best_valid_result
+        if self._resumed_rng is not None:
+            set_rng_state(self._resumed_rng, train_data.generator)
+            self._resumed_rng = None
+
+        def after_validation(epoch_idx, valid_score):
+            self._save_progress(epoch_idx, train_data)
+            if callback_fn:
+                callback_fn(epoch_idx, valid_score)
+
+        result = super().fit(train_data, valid_data, verbose, saved, show_progress, after_validation)
+        self._save_progress(self.epochs - 1, train_data, finished=True)
+        self._finished = True
+        return result
+
+
 def with_plugin_trainer(trainer_class):
-    """The given RecBole trainer class with weights-only checkpoints and an epoch history."""
+    """The given RecBole trainer class with weights-only checkpoints, an epoch history and resumable fits."""
     if issubclass(trainer_class, SafeCheckpointMixin):
         return trainer_class
-    return type(trainer_class.__name__, (EpochHistoryMixin, SafeCheckpointMixin, trainer_class), {})
+    return type(trainer_class.__name__, (ResumableFitMixin, EpochHistoryMixin, SafeCheckpointMixin, trainer_class), {})
 
 
 class NullWriter:
@@ -345,7 +426,7 @@ class HookedStepMixin:
         return distributed.broadcast_object(result)
 
 
-class PluginTrainer(HookedStepMixin, EpochHistoryMixin, SafeCheckpointMixin, Trainer):
+class PluginTrainer(HookedStepMixin, ResumableFitMixin, EpochHistoryMixin, SafeCheckpointMixin, Trainer):
     """Training with validation and early stopping (RecBole's loop) for the plugin's model families."""
 
 

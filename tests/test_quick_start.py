@@ -10,7 +10,7 @@ from recbole_missrec.data.feature_file import FeatureFileError
 from recbole_missrec.model import MISSRec
 from recbole_missrec.config import PluginConfig
 from recbole_missrec.quick_start import run_recbole_missrec
-from recbole_missrec.trainer import CheckpointError, PluginTrainer, load_state
+from recbole_missrec.trainer import CheckpointError, EpochHistoryMixin, PluginTrainer, load_state
 from recbole_missrec.utils import create_dataset, get_trainer
 
 METRICS = ("hit@5", "hit@10", "ndcg@5", "ndcg@10")
@@ -32,6 +32,53 @@ def test_missrec_end_to_end_on_benchmark_files(tmp_path):
     assert losses[-1] < losses[0]
     assert os.path.isfile(result["checkpoint"])
     assert result["trainable_params"] == result["total_params"] > 0
+
+
+class Crash(Exception):
+    """Stands in for a kill between epochs."""
+
+
+@pytest.mark.parametrize("model", ["MISSRec", "SASRec"])
+def test_a_crashed_run_with_validation_resumes_bit_for_bit(tmp_path, monkeypatch, model):
+    write_benchmark_dataset(tmp_path)
+    straight_config = tiny_run_config(tmp_path, epochs=4, learning_rate=0.01, topk=[5, 10], valid_metric="NDCG@10",
+                                      checkpoint_dir=str(tmp_path / "straight"))
+    straight = run_recbole_missrec(model, "toy", config_dict=straight_config, resume=True)
+
+    crashed_config = dict(straight_config, checkpoint_dir=str(tmp_path / "crashed"))
+    train_epoch = EpochHistoryMixin._train_epoch
+
+    def crash_at_epoch_two(self, train_data, epoch_idx, *args, **kwargs):
+        if epoch_idx == 2:
+            raise Crash
+        return train_epoch(self, train_data, epoch_idx, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(EpochHistoryMixin, "_train_epoch", crash_at_epoch_two)
+        with pytest.raises(Crash):
+            run_recbole_missrec(model, "toy", config_dict=crashed_config, resume=True)
+    resumed = run_recbole_missrec(model, "toy", config_dict=crashed_config, resume=True)
+
+    assert [r["epoch"] for r in resumed["history"]] == [0, 1, 2, 3]
+    assert [r["train_loss"] for r in resumed["history"]] == [r["train_loss"] for r in straight["history"]]
+    assert [r["valid_score"] for r in resumed["history"]] == [r["valid_score"] for r in straight["history"]]
+    assert resumed["test_result"] == straight["test_result"]
+    expected, actual = load_state(straight["checkpoint"]), load_state(resumed["checkpoint"])
+    assert expected["epoch"] == actual["epoch"]
+    for name, value in expected["state_dict"].items():
+        assert torch.equal(value, actual["state_dict"][name]), name
+
+    again = run_recbole_missrec(model, "toy", config_dict=crashed_config, resume=True)  # finished: no more training
+    assert again["history"] == resumed["history"] and again["test_result"] == resumed["test_result"]
+
+
+def test_a_progress_file_of_another_model_is_refused(tmp_path):
+    write_benchmark_dataset(tmp_path)
+    config = tiny_run_config(tmp_path, epochs=1, topk=[5, 10])
+    run_recbole_missrec("SASRec", "toy", config_dict=config, resume=True)
+    (progress,) = [name for name in os.listdir(tmp_path / "saved") if name.endswith("-progress.pth")]
+    with pytest.raises(CheckpointError, match=rf"{progress} is not a MISSRec progress file .* delete it"):
+        run_recbole_missrec("MISSRec", "toy", config_dict=config, resume=str(tmp_path / "saved" / progress))
 
 
 def atomic_run_config(tmp_path):
