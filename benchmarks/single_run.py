@@ -18,12 +18,13 @@ from recbole_missrec.quick_start import run_recbole_missrec
 from recbole_missrec.utils import get_model, is_plugin_model
 
 def best_epoch(history, bigger=True):
-    """Epoch of the best validation score (the first one on ties, as RecBole's early stopping keeps)."""
+    """Epoch of the best validation score: the last one on ties, whose checkpoint RecBole's early stopping
+    keeps (a tie counts as an improvement)."""
     scored = [record for record in history if "valid_score" in record]
     if not scored:
         return None
     best = (max if bigger else min)(record["valid_score"] for record in scored)
-    return next(record["epoch"] for record in scored if record["valid_score"] == best)
+    return [record["epoch"] for record in scored if record["valid_score"] == best][-1]
 
 
 def summarize(result):

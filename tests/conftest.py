@@ -1,7 +1,9 @@
 """Shared fixtures: isolation from RecBole's side effects, tiny synthetic datasets and models."""
+import contextlib
 import os
 import sys
 import types
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -165,3 +167,19 @@ def tiny_pretrain_config(root, **overrides):
     )
     config.update(overrides)
     return config
+
+
+@contextlib.contextmanager
+def training_stops_at_epoch(epoch, error):
+    """Training epoch ``epoch`` raises ``error`` before it starts: a run killed between two epochs."""
+    from recbole_missrec.trainer import EpochHistoryMixin
+
+    train_epoch = EpochHistoryMixin._train_epoch
+
+    def stopping(self, train_data, epoch_idx, *args, **kwargs):
+        if epoch_idx == epoch:
+            raise error
+        return train_epoch(self, train_data, epoch_idx, *args, **kwargs)
+
+    with mock.patch.object(EpochHistoryMixin, "_train_epoch", stopping):
+        yield

@@ -11,7 +11,8 @@ import pytest
 import torch
 import yaml
 
-from conftest import ROOT, reevaluated_test_result, tiny_pretrain_config, write_benchmark_dataset, write_pretrain_dataset
+from conftest import (ROOT, reevaluated_test_result, tiny_pretrain_config, training_stops_at_epoch,
+                      write_benchmark_dataset, write_pretrain_dataset)
 from recbole_missrec.quick_start import run_recbole_missrec
 
 BENCHMARKS = os.path.join(ROOT, "benchmarks")
@@ -20,7 +21,7 @@ sys.path.insert(0, BENCHMARKS)
 from attributes import category_path, category_tokens, prepare_working_copy  # noqa: E402
 from compare import main as compare_main  # noqa: E402
 from report import mean_std  # noqa: E402
-from single_run import summarize  # noqa: E402
+from single_run import best_epoch, summarize  # noqa: E402
 from variants import expand_variants, parse_checkpoints  # noqa: E402
 
 TOY_LAYOUT = {
@@ -466,3 +467,39 @@ def test_sasrec_new_items_get_untrained_rows_as_sasrec_draws_them():
     grow_item_embedding(again, 4000, torch.Generator().manual_seed(1))
     assert torch.equal(again.item_embedding.weight, rows)  # seeded
     assert ranks_in_top_k([["a", "b"], ["c", "d"]], ["b", "x"], 2).tolist() == [1, 2]
+
+
+def test_best_epoch_is_the_one_whose_checkpoint_early_stopping_keeps():
+    history = [{"epoch": 0, "valid_score": 0.1}, {"epoch": 1, "valid_score": 0.2}, {"epoch": 2, "train_loss": 1.0},
+               {"epoch": 3, "valid_score": 0.2}, {"epoch": 4, "valid_score": 0.15}]
+    assert best_epoch(history) == 3  # RecBole saves on a tie, so the later of two equal scores is the model kept
+    assert best_epoch(history, bigger=False) == 0
+    assert best_epoch([{"epoch": 0, "train_loss": 1.0}]) is None
+
+
+def test_an_unfinished_run_is_reported_from_its_progress_file(tmp_path):
+    """A run stopped before early stopping ended it: its figures so far, its best checkpoint so far tested."""
+    import progress
+
+    write_benchmark_dataset(tmp_path)
+    work, out = tmp_path / "work", tmp_path / "out"
+    config = dict(TOY_LAYOUT, data_path=str(tmp_path), checkpoint_dir=str(work / "saved" / "MISSRec-inductive__seed7"),
+                  train_stage="inductive_ft", hidden_size=32, inner_size=32, n_heads=2, epochs=5, seed=7,
+                  learning_rate=0.01, topk=[5, 10], valid_metric="NDCG@10", state="WARNING")
+    with training_stops_at_epoch(3, KeyboardInterrupt), pytest.raises(KeyboardInterrupt):
+        run_recbole_missrec("MISSRec", "toy", config_dict=config, resume=True)
+    os.makedirs(work, exist_ok=True)
+    with contextlib.chdir(work):
+        (record,) = progress.report(str(work), str(out))
+    assert (record["variant"], record["seed"], record["epochs_run"]) == ("MISSRec-inductive", 7, 3)
+    scores = record["valid_score_per_epoch"]
+    assert list(scores) == [0, 1, 2] and record["best_valid_score"] == max(scores.values())
+    assert scores[record["best_epoch"]] == record["best_valid_score"]
+    assert record["epochs_without_improvement"] == 2 - record["best_epoch"]
+    with contextlib.chdir(work):
+        assert record["test_of_best_checkpoint"] == reevaluated_test_result(record["checkpoint"])
+    assert "not converged" in (out / "unfinished" / "MISSRec-inductive__seed7.md").read_text()
+
+    os.makedirs(out / "runs")
+    (out / "runs" / "MISSRec-inductive__seed7.json").write_text(json.dumps({"status": "ok"}))
+    assert progress.report(str(work), str(out)) == [] and os.listdir(out / "unfinished") == []

@@ -5,12 +5,12 @@ import torch
 from recbole.data import data_preparation
 from recbole.utils import init_seed
 
-from conftest import SHARED_DATA, reevaluated_test_result, tiny_run_config, write_benchmark_dataset
+from conftest import SHARED_DATA, reevaluated_test_result, tiny_run_config, training_stops_at_epoch, write_benchmark_dataset
 from recbole_missrec.data.feature_file import FeatureFileError
 from recbole_missrec.model import MISSRec
 from recbole_missrec.config import PluginConfig
 from recbole_missrec.quick_start import run_recbole_missrec
-from recbole_missrec.trainer import CheckpointError, EpochHistoryMixin, PluginTrainer, load_state
+from recbole_missrec.trainer import CheckpointError, PluginTrainer, load_state
 from recbole_missrec.utils import create_dataset, get_trainer
 
 METRICS = ("hit@5", "hit@10", "ndcg@5", "ndcg@10")
@@ -39,24 +39,15 @@ class Crash(Exception):
 
 
 @pytest.mark.parametrize("model", ["MISSRec", "SASRec"])
-def test_a_crashed_run_with_validation_resumes_bit_for_bit(tmp_path, monkeypatch, model):
+def test_a_crashed_run_with_validation_resumes_bit_for_bit(tmp_path, model):
     write_benchmark_dataset(tmp_path)
     straight_config = tiny_run_config(tmp_path, epochs=4, learning_rate=0.01, topk=[5, 10], valid_metric="NDCG@10",
                                       checkpoint_dir=str(tmp_path / "straight"))
     straight = run_recbole_missrec(model, "toy", config_dict=straight_config, resume=True)
 
     crashed_config = dict(straight_config, checkpoint_dir=str(tmp_path / "crashed"))
-    train_epoch = EpochHistoryMixin._train_epoch
-
-    def crash_at_epoch_two(self, train_data, epoch_idx, *args, **kwargs):
-        if epoch_idx == 2:
-            raise Crash
-        return train_epoch(self, train_data, epoch_idx, *args, **kwargs)
-
-    with monkeypatch.context() as patch:
-        patch.setattr(EpochHistoryMixin, "_train_epoch", crash_at_epoch_two)
-        with pytest.raises(Crash):
-            run_recbole_missrec(model, "toy", config_dict=crashed_config, resume=True)
+    with training_stops_at_epoch(2, Crash), pytest.raises(Crash):
+        run_recbole_missrec(model, "toy", config_dict=crashed_config, resume=True)
     resumed = run_recbole_missrec(model, "toy", config_dict=crashed_config, resume=True)
 
     assert [r["epoch"] for r in resumed["history"]] == [0, 1, 2, 3]
