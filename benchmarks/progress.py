@@ -25,16 +25,16 @@ from single_run import best_epoch
 
 
 def unfinished_runs(work_dir):
-    """(run id, progress file) of every run under ``<work>/saved`` whose progress file says it has not
-    ended."""
+    """(run id, progress file, its state) of every run under ``<work>/saved`` whose progress file says it
+    has not ended."""
     for path in sorted(glob.glob(os.path.join(work_dir, "saved", "*", "*-progress.pth"))):
-        if not load_state(path)["finished"]:
-            yield os.path.basename(os.path.dirname(path)), path
+        state = load_state(path)
+        if not state["finished"]:
+            yield os.path.basename(os.path.dirname(path)), path, state
 
 
-def summary(run, progress_path):
+def summary(run, progress_path, state):
     """The figures of one unfinished run, its best checkpoint so far ranked on the test split."""
-    state = load_state(progress_path)
     history, config = state["history"], state["config"]
     variant, seed = run.rsplit("__seed", 1)
     return {
@@ -80,10 +80,10 @@ def report(work_dir, out_dir):
     that have finished; returns the records written."""
     folder = os.path.join(out_dir, "unfinished")
     written = []
-    for run, path in unfinished_runs(work_dir):
+    for run, path, state in unfinished_runs(work_dir):
         if finished(os.path.join(out_dir, "runs", run + ".json")):
             continue
-        record = summary(run, path)
+        record = summary(run, path, state)
         os.makedirs(folder, exist_ok=True)
         atomic_write_json(os.path.join(folder, run + ".json"), record, indent=1)
         with atomic_open(os.path.join(folder, run + ".md"), "w") as handle:

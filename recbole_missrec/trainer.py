@@ -293,29 +293,42 @@ class ResumableFitMixin:
         if distributed.is_main():
             save_state(state, self.progress_file)
 
+    def _restore(self, state, path):
+        """What every resumable run restores from ``state`` (read from ``path``): weights, optimizer, history,
+        the next epoch, and this rank's random streams, set when ``fit`` starts (they include the loader's)."""
+        if len(state["rng"]) != distributed.world_size():
+            raise CheckpointError(
+                f"{path} was written by {len(state['rng'])} processes; resume it with as many "
+                f"(now {distributed.world_size()}) to continue bit-for-bit"
+            )
+        self.model.load_state_dict(state["state_dict"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.history = list(state["history"])
+        self.start_epoch = state["epoch"] + 1
+        self._resumed_rng = state["rng"][distributed.rank()]
+
+    def _continue_random_streams(self, train_data):
+        """Set the random streams a resumed run stored, once, before its first epoch."""
+        if self._resumed_rng is not None:
+            set_rng_state(self._resumed_rng, train_data.generator)
+            self._resumed_rng = None
+
     def resume_progress(self, path):
         """Load the progress file ``path`` (written by a run of the same model and settings)."""
         state = load_state(str(path), self.device)
         if state.get("train_stage") != "progress" or state.get("model") != self.config["model"]:
             raise CheckpointError(f"{path} is not a {self.config['model']} progress file of this plugin: pass the "
                                   f"file a run with `resume` wrote, or delete it to start afresh")
-        if len(state["rng"]) != distributed.world_size():
-            raise CheckpointError(f"{path} was written by {len(state['rng'])} processes; resume it with as many "
-                                  f"(now {distributed.world_size()})")
         if not os.path.isfile(state["best_checkpoint"]):
             raise CheckpointError(f"{path} continues a run whose best checkpoint {state['best_checkpoint']} is gone: "
                                   f"delete {path} to start afresh")
-        self.model.load_state_dict(state["state_dict"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.start_epoch = state["epoch"] + 1
+        self._restore(state, path)
         self.cur_step = state["cur_step"]
         self.best_valid_score = state["best_valid_score"]
         self.best_valid_result = state["best_valid_result"]
         self.saved_model_file = state["best_checkpoint"]
-        self.history = list(state["history"])
         self.loss_names = state["loss_names"]
         self._finished = state["finished"]
-        self._resumed_rng = state["rng"][distributed.rank()]
         done = "finished, nothing to train" if self._finished else f"next epoch {self.start_epoch}"
         self.logger.info(f"Resumed from {path}: {done}")
 
@@ -324,9 +337,7 @@ class ResumableFitMixin:
             return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
         if self._finished or self.start_epoch >= self.epochs:  # RecBole would overwrite the best checkpoint
             return self.best_valid_score, self.best_valid_result
-        if self._resumed_rng is not None:
-            set_rng_state(self._resumed_rng, train_data.generator)
-            self._resumed_rng = None
+        self._continue_random_streams(train_data)
 
         def after_validation(epoch_idx, valid_score):
             self._save_progress(epoch_idx, train_data)
@@ -487,7 +498,6 @@ class PretrainTrainer(PluginTrainer):
         self.scheduler = self._build_scheduler(config["lr_schedule"] or "constant")
         self.checkpoint_prefix = os.path.join(self.checkpoint_dir, f"{config['model']}-{config['dataset']}-pretrain")
         self.saved_model_file = None
-        self._resumed_rng = None
 
     def _build_scheduler(self, kind):
         """constant (the reference) or cosine decay to zero over the run, stepped once per epoch."""
@@ -521,18 +531,9 @@ class PretrainTrainer(PluginTrainer):
         checkpoint = load_state(str(resume_file), self.device)
         if checkpoint.get("train_stage") != "pretrain" or checkpoint.get("model") != self.config["model"]:
             raise CheckpointError(f"{resume_file} is not a {self.config['model']} pre-training checkpoint of this plugin")
-        if len(checkpoint["rng"]) != distributed.world_size():
-            raise CheckpointError(
-                f"{resume_file} was written by {len(checkpoint['rng'])} processes; resume it with as many "
-                f"(now {distributed.world_size()}) to continue bit-for-bit"
-            )
-        self.model.load_state_dict(checkpoint["state_dict"])
-        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self._restore(checkpoint, resume_file)
         self.scheduler.load_state_dict(checkpoint["scheduler"])
-        self.history = list(checkpoint["history"])
-        self.start_epoch = checkpoint["epoch"] + 1
         self.saved_model_file = str(resume_file)
-        self._resumed_rng = checkpoint["rng"][distributed.rank()]
         self.logger.info(f"Resumed from {resume_file}: next epoch {self.start_epoch + 1} of {self.epochs}")
 
     def _log_epoch(self, epoch, record):
@@ -549,9 +550,7 @@ class PretrainTrainer(PluginTrainer):
         sequences/s). Best-valid selection: RecBole's fit."""
         if self.validates(self.config):
             return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
-        if self._resumed_rng is not None:
-            set_rng_state(self._resumed_rng, train_data.generator)
-            self._resumed_rng = None
+        self._continue_random_streams(train_data)
         rows, batches = len(train_data.dataset), len(train_data)
         for epoch in range(self.start_epoch, self.epochs):
             self._train_epoch(train_data, epoch, show_progress=show_progress)
