@@ -28,7 +28,9 @@ def best_epoch(history, bigger=True):
 
 
 def summarize(result):
-    """The benchmark figures of one run_recbole_missrec result."""
+    """The benchmark figures of one run_recbole_missrec result. ``epoch_seconds`` sums every epoch's
+    training and validation wall time from the history, so unlike ``cpu_seconds`` and ``wall_seconds``
+    (this process only) it covers every sitting of a resumed run."""
     history = result["history"]
     valid_seconds = [record["valid_seconds"] for record in history if "valid_seconds" in record]
     return {
@@ -38,6 +40,7 @@ def summarize(result):
         "epochs_run": len(history),
         "train_seconds_per_epoch": mean(record["train_seconds"] for record in history) if history else None,
         "eval_seconds": mean(valid_seconds) if valid_seconds else None,
+        "epoch_seconds": sum(record["train_seconds"] for record in history) + sum(valid_seconds),
         "peak_rss_mb": result["peak_rss_mb"],
         "trainable_params": result["trainable_params"],
         "checkpoint": result["checkpoint"],
@@ -50,9 +53,11 @@ def pretrain(spec, plugin):
     """The pre-training stage of a two-stage variant; returns the checkpoint's path and the stage's figures.
 
     A plugin model (MSM4SR) runs its own ``pretrain`` stage with the run's budget (MSM4SR keeps the epoch
-    with the best validation score) and writes its checkpoint to a folder of its own. RecBole's S3Rec runs
-    its self-supervised stage for ``pretrain_epochs`` as RecBole runs it; the plugin's trainers save it
-    weights-only, so the fine-tuning stage's ``torch.load`` reads it.
+    with the best validation score) and writes its checkpoint to a folder of its own. That stage resumes
+    too, so a run killed while fine-tuning does not pre-train again when the sweep is relaunched: the
+    finished stage is only tested again. RecBole's S3Rec runs its self-supervised stage for
+    ``pretrain_epochs`` as RecBole runs it (RecBole's ``pretrain`` loop has no resume); the plugin's
+    trainers save it weights-only, so the fine-tuning stage's ``torch.load`` reads it.
     """
     config = dict(spec["config"], train_stage="pretrain")
     if plugin:
@@ -60,7 +65,8 @@ def pretrain(spec, plugin):
     else:
         config.update(pretrain_epochs=spec["pretrain_epochs"], save_step=spec["pretrain_epochs"])
     start = perf_counter()
-    result = run_recbole_missrec(spec["model"], spec["dataset"], spec["config_files"], config, saved=True)
+    result = run_recbole_missrec(spec["model"], spec["dataset"], spec["config_files"], config, saved=True,
+                                 resume=plugin or None)
     figures = {"pretrain_seconds": perf_counter() - start}
     if plugin:
         figures.update(pretrain_epochs=len(result["history"]),
@@ -95,7 +101,7 @@ def run(spec):
 def cpu_seconds():
     """User + system CPU time of this process: unlike wall time, it does not grow when other jobs share
     the cores (with OMP_NUM_THREADS=1 it approximates the wall time on an idle machine). A resumed run's
-    covers this process only; its history keeps every epoch's seconds."""
+    covers this process only; ``epoch_seconds`` covers every sitting."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
 

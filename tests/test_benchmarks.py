@@ -147,6 +147,13 @@ def test_quick_sweep_runs_the_msm4sr_variants(toy):
     assert two_stage["pretrain_epochs"] == 1 and two_stage["transfer"]["new"] == ["item_embedding.weight"]
     assert "trm_encoder.layer.0.multi_head_attention.query.weight" in two_stage["transfer"]["loaded"]
 
+    (toy / "out" / "runs" / "MSM4SR+in-domain-pretrain__seed1.json").unlink()  # as if killed before its record
+    again = run_harness(toy, "--models", "MSM4SR+in-domain-pretrain", "--seeds", "1")
+    log = (toy / "work" / "logs" / "MSM4SR+in-domain-pretrain__seed1.log").read_text()
+    assert "epoch 0 training" not in again and log.count("finished, nothing to train") == 2  # both stages
+    rerun = json.loads((toy / "out" / "runs" / "MSM4SR+in-domain-pretrain__seed1.json").read_text())
+    assert rerun["test"] == two_stage["test"] and rerun["epoch_seconds"] == two_stage["epoch_seconds"]
+
 
 def test_each_family_fine_tunes_from_its_own_checkpoint():
     checkpoints = parse_checkpoints(["UniSRec=u.pth"])
@@ -243,6 +250,7 @@ def test_a_run_record_keeps_every_test_metric_the_run_evaluated():
               "best_valid_score": 0.1, "valid_score_bigger": True, "peak_rss_mb": 1.0, "trainable_params": 1,
               "checkpoint": "x.pth", "total_params": 1}
     assert summarize(result)["test"] == result["test_result"]  # @11 reaches compare.py's @11 columns
+    assert summarize(result)["epoch_seconds"] == 1.5
 
 
 def test_compare_asks_for_the_variant_of_a_mixed_folder(tmp_path):
