@@ -19,7 +19,8 @@ from report import by_variant, load_runs, mean_std
 
 METRICS = ["hit@10", "ndcg@10", "hit@11", "ndcg@11", "hit@50", "ndcg@50", "ndcg@51"]
 FIGURES = [("best_epoch", "best epoch", "{:.1f}"), ("epochs_run", "epochs run", "{:.1f}"),
-           ("cpu_seconds", "CPU s / run", "{:.0f}"), ("peak_rss_mb", "peak RSS MB", "{:.0f}"),
+           ("cpu_seconds", "CPU s / run", "{:.0f}"), ("epoch_seconds", "train+eval s / run", "{:.0f}"),
+           ("peak_rss_mb", "peak RSS MB", "{:.0f}"),
            ("trainable_params", "trainable params", "{:,.0f}")]
 
 

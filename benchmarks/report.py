@@ -13,16 +13,28 @@ FIGURE_COLUMNS = [
     ("train_seconds_per_epoch", "s / train epoch", "{:.1f}"),
     ("eval_seconds", "eval s", "{:.1f}"),
     ("cpu_seconds", "CPU s / run", "{:.0f}"),
+    ("epoch_seconds", "train+eval s / run", "{:.0f}"),
     ("peak_rss_mb", "peak RSS MB", "{:.0f}"),
     ("trainable_params", "trainable params", "{:,.0f}"),
 ]
 
 
+def epoch_seconds(history):
+    """Every epoch's training + validation wall seconds: unlike a process's CPU time, the whole of a run
+    resumed over several sittings."""
+    return sum(record["train_seconds"] + record.get("valid_seconds", 0.0) for record in history)
+
+
 def load_runs(out_dir):
+    """The run records of ``out_dir``; records written before they carried ``epoch_seconds`` get it from
+    their history."""
     runs = []
     for path in sorted(glob.glob(os.path.join(out_dir, "runs", "*.json"))):
         with open(path) as handle:
-            runs.append(json.load(handle))
+            run = json.load(handle)
+        if "epoch_seconds" not in run and run.get("history"):
+            run["epoch_seconds"] = epoch_seconds(run["history"])
+        runs.append(run)
     return runs
 
 

@@ -16,6 +16,7 @@ import torch
 from recbole_missrec.atomic import atomic_write_json
 from recbole_missrec.quick_start import run_recbole_missrec
 from recbole_missrec.utils import get_model, is_plugin_model
+from report import epoch_seconds
 
 def best_epoch(history, bigger=True):
     """Epoch of the best validation score: the last one on ties, whose checkpoint RecBole's early stopping
@@ -28,9 +29,8 @@ def best_epoch(history, bigger=True):
 
 
 def summarize(result):
-    """The benchmark figures of one run_recbole_missrec result. ``epoch_seconds`` sums every epoch's
-    training and validation wall time from the history, so unlike ``cpu_seconds`` and ``wall_seconds``
-    (this process only) it covers every sitting of a resumed run."""
+    """The benchmark figures of one run_recbole_missrec result. ``epoch_seconds`` comes from the history, so
+    unlike ``cpu_seconds`` and ``wall_seconds`` (this process only) it covers every sitting of a resumed run."""
     history = result["history"]
     valid_seconds = [record["valid_seconds"] for record in history if "valid_seconds" in record]
     return {
@@ -40,7 +40,7 @@ def summarize(result):
         "epochs_run": len(history),
         "train_seconds_per_epoch": mean(record["train_seconds"] for record in history) if history else None,
         "eval_seconds": mean(valid_seconds) if valid_seconds else None,
-        "epoch_seconds": sum(record["train_seconds"] for record in history) + sum(valid_seconds),
+        "epoch_seconds": epoch_seconds(history),
         "peak_rss_mb": result["peak_rss_mb"],
         "trainable_params": result["trainable_params"],
         "checkpoint": result["checkpoint"],

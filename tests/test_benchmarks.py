@@ -253,6 +253,16 @@ def test_a_run_record_keeps_every_test_metric_the_run_evaluated():
     assert summarize(result)["epoch_seconds"] == 1.5
 
 
+def test_tables_show_every_sitting_of_a_resumed_run(tmp_path):
+    write_runs(tmp_path / "a", "M", [0.05])
+    record_path = tmp_path / "a" / "runs" / "M__seed1.json"
+    history = [{"epoch": epoch, "train_seconds": 100.0, "valid_seconds": 5.0} for epoch in range(3)]
+    record_path.write_text(json.dumps(dict(json.loads(record_path.read_text()), history=history)))  # no epoch_seconds
+    rows = compare_main(["--rows", f"base={tmp_path / 'a'}", "--out", str(tmp_path / "out")])
+    assert rows[0]["figures"]["epoch_seconds"] == [315.0] and rows[0]["figures"]["cpu_seconds"] == [10.0]
+    assert "| 315 |" in (tmp_path / "out" / "comparison.md").read_text()
+
+
 def test_compare_asks_for_the_variant_of_a_mixed_folder(tmp_path):
     write_runs(tmp_path / "a", "M", [0.05])
     write_runs(tmp_path / "a", "N", [0.06])
