@@ -220,3 +220,18 @@ def test_recompute_budget_decides_which_batches_are_checkpointed(monkeypatch):
     with torch.no_grad():
         model.calculate_loss(batch())  # nothing to recompute without gradients
     assert calls == []
+
+
+def test_moe_adapter_trains_and_clusters_noise_free_tokens():
+    """``adapter: moe`` scores items through UniSRec's adaptor; interests are discovered from its
+    evaluation-mode tokens, so training mode (dropout, gate noise) does not move them."""
+    model = build(adapter="moe", n_exps=3, adaptor_dropout_prob=0.5).train()
+    assert model.adapters["text"].experts[0].weight.shape == (16, 10)
+    eval_lookup = model.interest_lookup.clone()
+    model.discover_interests(torch.Generator().manual_seed(0))
+    assert torch.equal(model.interest_lookup, eval_lookup) and model.training and model.adapters["text"].training
+    loss = model.calculate_loss(batch())
+    loss.backward()
+    assert torch.isfinite(loss) and model.adapters["text"].gate.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="adapter"):
+        build(adapter="mlp")

@@ -115,6 +115,10 @@ def test_transfer_switches_for_an_unseen_modality_and_frozen_dropout():
     kept = MISSRec(model_config(train_stage="inductive_ft", hidden_dropout_prob=0.5), fake_dataset())
     kept.freeze_backbone()
     assert kept.train().transformer.training  # frozen_dropout: True keeps the reference's dropout
+    moe = MISSRec(model_config(train_stage="inductive_ft", new_modality_init="gate", adapter="moe"), fake_dataset())
+    report = moe.load_pretrained(MISSRec(model_config(train_stage="inductive_ft", adapter="moe"), fake_dataset(dims=(10,))).state_dict())
+    assert "adapters.img.experts.0.weight" in report["new"] and "adapters.text.experts.0.weight" in report["loaded"]
+    assert moe.modality_gate.tolist() == [1.0, 0.0]  # an MoE adapter's weights are new under their own names
 
 
 def test_feature_norm_rescales_each_store():

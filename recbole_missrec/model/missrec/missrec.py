@@ -24,8 +24,8 @@ from torch import nn
 
 from recbole_missrec.data.dataset import AUGMENTED_TEXT
 from recbole_missrec.model.layers import (
-    duplicate_mask, full_softmax_ce, in_batch_infonce, local_rows, modality_presence, normal_init, presence_weights,
-    run_or_recompute, transfer_weights,
+    MoEAdaptor, duplicate_mask, full_softmax_ce, in_batch_infonce, local_rows, modality_presence, normal_init,
+    presence_weights, run_or_recompute, transfer_weights,
 )
 from recbole_missrec.model.missrec.fusion import fuse_modalities, mix_id_score
 from recbole_missrec.model.missrec.interest import METHODS, assign, dpc_knn, kmeans, num_interests, unique_per_row
@@ -77,6 +77,11 @@ class MISSRec(SequentialRecommender):
         self.dpc_max_tokens = config["dpc_max_tokens"]
         self.new_modality_init = _choice(config, "new_modality_init", ("default", "gate"))
         self.frozen_dropout = config["frozen_dropout"]
+        self.adapter = _choice(config, "adapter", ("linear", "moe"))
+        if self.adapter == "moe":
+            self.n_exps = config["n_exps"]
+            self.adaptor_dropout_prob = config["adaptor_dropout_prob"]
+            self.adaptor_noise = config["adaptor_noise"]
         self.recompute_tokens = config["recompute_tokens"]
         self.frozen_modules = ()
 
@@ -92,7 +97,7 @@ class MISSRec(SequentialRecommender):
             self._init_pretrain(config, dataset)
 
         d = self.hidden_size
-        self.adapters = nn.ModuleDict({m: nn.Linear(store.dim, d) for m, store in stores.items()})
+        self.adapters = nn.ModuleDict({m: self._build_adapter(store.dim, d) for m, store in stores.items()})
         self.position_embedding = nn.Embedding(self.max_seq_length, d)
         self.item_embedding = (
             nn.Embedding(self.n_items, d, padding_idx=0) if self.train_stage == "transductive_ft" else None
@@ -126,6 +131,14 @@ class MISSRec(SequentialRecommender):
         for module in (self.position_embedding, self.item_embedding, self.input_norm, self.transformer):
             if module is not None:
                 module.apply(partial(normal_init, std=self.initializer_range))
+
+    def _build_adapter(self, in_dim, d):
+        """``linear``: one Linear per modality, as the reference. ``moe``: UniSRec's adaptor (whitening experts,
+        noisy gates), an ablation of the item-side capacity: on toys UniSRec, which scores items through it,
+        ranks well above MISSRec-inductive, whose items pass through the single Linear."""
+        if self.adapter == "linear":
+            return nn.Linear(in_dim, d)
+        return MoEAdaptor(self.n_exps, in_dim, d, self.adaptor_dropout_prob, expert="whitening", noise=self.adaptor_noise)
 
     def _init_pretrain(self, config, dataset):
         """Pre-training reads the word-dropped text table for word-drop views and the contrastive weights."""
@@ -174,7 +187,7 @@ class MISSRec(SequentialRecommender):
         Returns the number of interests that received at least one token.
         """
         present = self.item_present[1:]  # [N-1, M]
-        points = self.modality_tokens(torch.arange(1, self.n_items, device=present.device))[present]  # [T, d]
+        points = self._eval_mode_tokens(torch.arange(1, self.n_items, device=present.device))[present]  # [T, d]
         if self.interest_method == "kmeans":
             centroids, labels = kmeans(points, self.n_interests, max_iter=self.kmeans_max_iter, tol=self.kmeans_tol,
                                        generator=generator, method=self.kmeans_method,
@@ -190,6 +203,16 @@ class MISSRec(SequentialRecommender):
         self.interest_lookup[1:] = lookup
         self.interests_ready.fill_(True)
         return int(torch.unique(labels).numel())
+
+    def _eval_mode_tokens(self, item_ids):
+        """Modality tokens with the adapters in evaluation mode, as the reference clusters them: an MoE
+        adapter's dropout and gate noise would otherwise move every point by a random amount."""
+        training = self.adapters.training
+        self.adapters.eval()
+        try:
+            return self.modality_tokens(item_ids)
+        finally:
+            self.adapters.train(training)
 
     def _encode_interests(self, item_seq):
         """Contextual encoder over each sequence's distinct interests. Returns memory [B, Q, d] and
@@ -372,7 +395,7 @@ class MISSRec(SequentialRecommender):
         for start in range(0, n, ADD_ITEMS_CHUNK):  # bounds the [chunk, M, d] tokens
             rows = slice(start, start + ADD_ITEMS_CHUNK)
             ids = torch.arange(first + start, first + min(n, start + ADD_ITEMS_CHUNK), device=present.device)
-            labels, _ = assign(self.modality_tokens(ids)[present[rows]], self.interest_centroids[1:])
+            labels, _ = assign(self._eval_mode_tokens(ids)[present[rows]], self.interest_centroids[1:])
             lookup[rows][present[rows]] = labels + 1
         self.interest_lookup = torch.cat([self.interest_lookup, lookup])
         note = (f"{n} new item{'s' * (n != 1)}: {int(present.sum())} item-modality tokens joined "
@@ -451,7 +474,7 @@ class MISSRec(SequentialRecommender):
         the first step: an adapter started at zero would give the cosine of a zero vector, whose gradient
         (1 / eps) saturates Adam's second moment and leaves the adapter untrained for thousands of steps."""
         for index, modality in enumerate(self.modalities):
-            if f"adapters.{modality}.weight" in new_names:
+            if any(name.startswith(f"adapters.{modality}.") for name in new_names):
                 self.modality_gate[index] = 0.0
 
     def freeze_backbone(self):
