@@ -66,7 +66,7 @@ def pretrain(spec, plugin):
         config.update(pretrain_epochs=spec["pretrain_epochs"], save_step=spec["pretrain_epochs"])
     start = perf_counter()
     result = run_recbole_missrec(spec["model"], spec["dataset"], spec["config_files"], config, saved=True,
-                                 resume=plugin or None)
+                                 resume=plugin)
     figures = {"pretrain_seconds": perf_counter() - start}
     if plugin:
         figures.update(pretrain_epochs=len(result["history"]),
