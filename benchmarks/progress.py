@@ -10,7 +10,8 @@ every such run that has no finished record in ``<out>/runs/``, this writes
 ``<out>/unfinished/<variant>__seed<N>.json`` and ``.md``: epochs run, the best validation epoch so far, the
 early-stopping counter against the patience, the validation score per epoch, and the test metrics of the
 best checkpoint so far (ranked afresh, RecBole's evaluator), all marked as not converged. A run that has
-since finished loses its stale files. ``--work`` also serves as the working directory of the evaluations.
+since finished loses its stale files, and an emptied ``unfinished/`` goes too. ``--work`` also serves as the
+working directory of the evaluations.
 """
 import argparse
 import contextlib
@@ -77,7 +78,7 @@ def markdown(record):
 
 def report(work_dir, out_dir):
     """Write the records of ``work_dir``'s unfinished runs into ``out_dir/unfinished``, drop those of runs
-    that have finished; returns the records written."""
+    that have finished (and the folder, once empty); returns the records written."""
     folder = os.path.join(out_dir, "unfinished")
     written = []
     for run, path, state in unfinished_runs(work_dir):
@@ -95,6 +96,8 @@ def report(work_dir, out_dir):
             os.remove(stale)
             with contextlib.suppress(FileNotFoundError):
                 os.remove(stale[: -len(".json")] + ".md")
+    with contextlib.suppress(OSError):
+        os.rmdir(folder)  # only once nothing is left in it
     return written
 
 
