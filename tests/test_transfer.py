@@ -63,6 +63,21 @@ def test_checkpoint_of_other_dimensions_fails_clearly():
         target.load_pretrained(wider_text.state_dict())
 
 
+def test_adapter_of_another_kind_starts_afresh_and_the_backbone_transfers():
+    linear = MISSRec(model_config(train_stage="inductive_ft"), fake_dataset()).state_dict()
+    moe = MISSRec(model_config(train_stage="inductive_ft", adapter="moe"), fake_dataset())
+    fresh = {name: value.clone() for name, value in moe.state_dict().items() if name.startswith("adapters.")}
+    report = moe.load_pretrained(linear)
+    assert {"adapters.text.weight", "adapters.text.bias", "adapters.img.bias"} <= set(report["unused"])
+    assert "adapters.text.bias" in report["new"] and "adapters.text.experts.0.weight" in report["new"]
+    assert all(torch.equal(moe.state_dict()[name], value) for name, value in fresh.items())
+    assert "transformer.encoder.layers.0.linear1.weight" in report["loaded"]
+    assert torch.equal(moe.state_dict()["transformer.encoder.layers.0.linear1.weight"],
+                       linear["transformer.encoder.layers.0.linear1.weight"])
+    back = MISSRec(model_config(train_stage="inductive_ft"), fake_dataset()).load_pretrained(moe.state_dict())
+    assert "adapters.text.experts.0.weight" in back["unused"] and "adapters.text.weight" in back["new"]
+
+
 def test_transfer_skips_domain_specific_weights_of_another_item_set():
     source = MISSRec(model_config(), fake_dataset(n_items=20))  # transductive, 20 items
     target = MISSRec(model_config(), fake_dataset(n_items=12))

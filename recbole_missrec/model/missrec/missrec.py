@@ -457,14 +457,32 @@ class MISSRec(SequentialRecommender):
         """Copy a pre-trained state dict's weights into this model by name.
 
         Interest buffers and ID embeddings belong to the pre-training item set: they are skipped (interests
-        are re-discovered on this domain, so they are not listed as new). Other dimensions raise. Returns
+        are re-discovered on this domain, so they are not listed as new); so is an adapter of another kind
+        (listed as unused, this model's as new). Other dimensions raise. Returns
         {"loaded", "domain_specific", "unused", "new"}: lists of names (``layers.transfer_weights``).
         """
-        report = transfer_weights(self, state_dict, DOMAIN_SPECIFIC, DIMENSIONS)
+        other_kind = self._adapters_of_another_kind(state_dict)
+        kept = {name: value for name, value in state_dict.items() if name not in other_kind}
+        report = transfer_weights(self, kept, DOMAIN_SPECIFIC, DIMENSIONS)
         report["new"] = [name for name in report["new"] if not name.startswith("interest")]
+        report["unused"] = sorted(report["unused"] + list(other_kind))
         if self.modality_gate is not None:
             self._close_new_modality_gates(report["new"])
         return report
+
+    def _adapters_of_another_kind(self, state_dict):
+        """A checkpoint's adapter weights of a modality whose adapter is of another kind than this model's
+        (``adapter: linear`` pre-trained, ``moe`` fine-tuned, or the reverse): that adapter starts afresh
+        here. Both kinds name a weight ``bias``, so matching by name alone would mix the two, and a shape
+        check would report the change as a model of other dimensions."""
+        own = self.state_dict()
+        other_kind = set()
+        for modality in self.modalities:
+            prefix = f"adapters.{modality}."
+            theirs = {name for name in state_dict if name.startswith(prefix)}
+            if theirs and theirs != {name for name in own if name.startswith(prefix)}:
+                other_kind |= theirs
+        return other_kind
 
     @torch.no_grad()
     def _close_new_modality_gates(self, new_names):
