@@ -74,6 +74,9 @@ def test_adapter_of_another_kind_starts_afresh_and_the_backbone_transfers():
     assert "transformer.encoder.layers.0.linear1.weight" in report["loaded"]
     assert torch.equal(moe.state_dict()["transformer.encoder.layers.0.linear1.weight"],
                        linear["transformer.encoder.layers.0.linear1.weight"])
+    gated = MISSRec(model_config(train_stage="inductive_ft", adapter="moe", new_modality_init="gate"), fake_dataset())
+    gated.load_pretrained(linear)
+    assert gated.modality_gate.tolist() == [1.0, 1.0]  # both modalities were seen in pre-training: gates open
     back = MISSRec(model_config(train_stage="inductive_ft"), fake_dataset()).load_pretrained(moe.state_dict())
     assert "adapters.text.experts.0.weight" in back["unused"] and "adapters.text.weight" in back["new"]
 

@@ -467,7 +467,7 @@ class MISSRec(SequentialRecommender):
         report["new"] = [name for name in report["new"] if not name.startswith("interest")]
         report["unused"] = sorted(report["unused"] + list(other_kind))
         if self.modality_gate is not None:
-            self._close_new_modality_gates(report["new"])
+            self._close_new_modality_gates(state_dict)
         return report
 
     def _adapters_of_another_kind(self, state_dict):
@@ -485,14 +485,14 @@ class MISSRec(SequentialRecommender):
         return other_kind
 
     @torch.no_grad()
-    def _close_new_modality_gates(self, new_names):
+    def _close_new_modality_gates(self, state_dict):
         """A modality the pre-trained backbone never saw enters the decoder's input through a gate that starts
         at 0 and is learned, instead of adding its fresh adapter's random tokens (often the larger term) at
         once. The adapter itself keeps its default initialisation, so that its tokens score candidates from
         the first step: an adapter started at zero would give the cosine of a zero vector, whose gradient
         (1 / eps) saturates Adam's second moment and leaves the adapter untrained for thousands of steps."""
         for index, modality in enumerate(self.modalities):
-            if any(name.startswith(f"adapters.{modality}.") for name in new_names):
+            if not any(name.startswith(f"adapters.{modality}.") for name in state_dict):
                 self.modality_gate[index] = 0.0
 
     def freeze_backbone(self):
