@@ -475,12 +475,11 @@ class MISSRec(SequentialRecommender):
         (``adapter: linear`` pre-trained, ``moe`` fine-tuned, or the reverse): that adapter starts afresh
         here. Both kinds name a weight ``bias``, so matching by name alone would mix the two, and a shape
         check would report the change as a model of other dimensions."""
-        own = self.state_dict()
         other_kind = set()
-        for modality in self.modalities:
+        for modality, adapter in self.adapters.items():
             prefix = f"adapters.{modality}."
             theirs = {name for name in state_dict if name.startswith(prefix)}
-            if theirs and theirs != {name for name in own if name.startswith(prefix)}:
+            if theirs and theirs != {prefix + name for name in adapter.state_dict()}:
                 other_kind |= theirs
         return other_kind
 
