@@ -5,7 +5,8 @@ import torch
 
 from recbole_missrec.model.missrec import interest
 from recbole_missrec.model.missrec.interest import (
-    CellIndex, allocate, assign, choose_method, dpc_knn, kmeans, num_interests, row_norms, unique_per_row,
+    CellIndex, allocate, assign, choose_method, dpc_knn, kmeans, num_interests, reference_kmeans, row_norms,
+    unique_per_row,
 )
 
 
@@ -105,6 +106,41 @@ def test_dpc_knn_finds_the_blobs():
 def test_dpc_knn_refuses_more_tokens_than_its_limit():
     with pytest.raises(MemoryError, match="dpc_max_tokens"):
         dpc_knn(torch.randn(101, 3), 4, num_neighbours=3, max_tokens=100)
+
+
+def test_reference_kmeans_keeps_a_running_mean_of_absolute_values_over_chunks():
+    # batch 2, k 1: chunks [0, 2) and [2, 5) (a remainder of at most k joins the last chunk)
+    x = torch.tensor([[-2.0], [2.0], [3.0], [-3.0], [6.0]])
+    centroids, labels = reference_kmeans(x, 1, batch=2, generator=torch.Generator().manual_seed(0))
+    # chunk 1: mean |x| = 2, count 1 -> 3; chunk 2: 2 * (1 - 1/3) + mean |x| 4 / 3 = 8/3
+    assert torch.allclose(centroids, torch.tensor([[8 / 3]]))
+    assert labels.tolist() == [0] * 5 and x[0, 0] == -2  # the input is untouched
+
+
+def test_reference_kmeans_zeroes_an_unchosen_centre_and_grows_the_batch_past_k():
+    # k 2 >= batch 2: the batch becomes int(1.1 * 2) = 2, the remainder 1 <= k joins: one chunk
+    x = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 5.0]])
+    seen_collapse = False
+    for seed in range(6):
+        centroids, labels = reference_kmeans(x, 2, batch=2, generator=torch.Generator().manual_seed(seed))
+        chosen = torch.tensor(sorted(centroids.tolist()))
+        if torch.equal(chosen, torch.tensor([[0.0, 5.0], [1.0, 0.0]])):  # two distinct starting points: a real split
+            assert labels[0] == labels[1] != labels[2]
+        else:  # both centres started at [1, 0]: the second won nothing and became the zero vector ...
+            assert torch.allclose(chosen, torch.tensor([[0.0, 0.0], [2 / 3, 5 / 3]]))
+            zero = int(centroids.abs().sum(1).argmin())
+            assert labels.tolist() == [zero, zero, 1 - zero]  # ... which then draws the points nearest to 0
+            seen_collapse = True
+    assert seen_collapse
+
+
+def test_reference_kmeans_collapses_where_lloyd_uses_every_cluster():
+    """The reference's quirk, measured: non-negative centres, and signed points piling into a few."""
+    points = torch.randn(600, 300, generator=torch.Generator().manual_seed(0))  # 300-d, as the reference
+    centroids, labels = reference_kmeans(points, 300, generator=torch.Generator().manual_seed(0))
+    _, lloyd = kmeans(points, 300, generator=torch.Generator().manual_seed(0))
+    assert (centroids >= 0).all()
+    assert labels.unique().numel() < 100 < 250 < lloyd.unique().numel()
 
 
 def test_unique_per_row_matches_python_sets():

@@ -191,6 +191,14 @@ def test_kmeans_method_reaches_interest_discovery(monkeypatch):
     assert torch.equal(build(kmeans_method="auto").interest_lookup, build(kmeans_method="exact").interest_lookup)
 
 
+def test_reference_kmeans_reaches_interest_discovery():
+    model = build(interest_method="reference_kmeans")
+    used = model.interest_lookup[model.interest_lookup > 0].unique()
+    assert (model.interest_centroids >= 0).all() and used.numel() >= 1
+    assert model.calculate_loss(batch()).isfinite()
+    assert not (build().interest_centroids >= 0).all()  # the default k-means keeps signs
+
+
 def gradients_of_one_step(recompute_tokens):
     model = build(hidden_dropout_prob=0.3, recompute_tokens=recompute_tokens).train()
     torch.manual_seed(7)  # the dropout masks

@@ -3,7 +3,8 @@
 MISSRec's reference used TorchPQ's mini-batch k-means, which replaces data and centroids by their absolute
 values and stops after one pass, so clusters collapse (spec §4.2, §9 #2-#4). These are plain, correct
 torch versions: a sign-preserving Lloyd k-means with k-means++ seeding and empty-cluster re-seeding, and
-the DPC-KNN of the paper (spec §4.3) behind a size guard. Neither modifies its input.
+the DPC-KNN of the paper (spec §4.3) behind a size guard; ``reference_kmeans`` reproduces the reference's
+quirks, to measure them. None modifies its input.
 
 Exact Lloyd costs N*K*d per iteration, and K follows the token count (K = ratio * N), so for large
 catalogues ``kmeans`` switches to a two-level scheme (``method="approx"``, ``CellIndex``): a coarse
@@ -431,6 +432,47 @@ def _draw_counts(masses, k, generator):
         picked = torch.multinomial(weights, draws, replacement=True, generator=generator)
         counts = torch.minimum(counts + torch.bincount(picked, minlength=len(masses)), limits)
     return counts
+
+
+def reference_kmeans(x, k, batch=2048, generator=None):
+    """The reference's interest clustering as it behaves (TorchPQ ``MinibatchKMeans`` through its
+    ``cluster_kmeans`` wrapper, spec §4.2), to measure what its quirks do to accuracy and to fine-tune
+    a checkpoint whose frozen encoder was trained on its centroids. x: [n, d] (left untouched).
+
+    One pass over the points in order, in chunks of ``batch`` (1.1 k when ``batch`` <= k; a remainder of
+    at most k joins the last chunk). The centres start as k distinct random points of the first chunk.
+    Per chunk: signed points go to their nearest centre, then, as the reference's in-place distance
+    routine leaves them, the centres and the members become absolute values; every centre moves to
+    c (1 - 1/n) + mean|members| / n with n its count so far (1 at the start, so the first chunk replaces
+    it), and a centre no member chose shrinks toward 0. Final labels: signed points against the
+    non-negative centres, where most points pile into a few clusters.
+    Returns (centroids [k, d], labels [n] in 0..k-1).
+    """
+    if not 1 <= k <= x.shape[0]:
+        raise ValueError(f"k-means needs 1 <= k <= number of points, got k={k} for {x.shape[0]} points")
+    x = x.detach().float()
+    n = x.shape[0]
+    if batch <= k:
+        batch = int(1.1 * k)
+    ends = []
+    start = 0
+    while start < n:
+        end = n if n - (start + batch) <= k else start + batch
+        ends.append((start, end))
+        start = end
+    first = x[:ends[0][1]]
+    pick = torch.randperm(first.shape[0], generator=generator)[:k].to(x.device)
+    centroids = first[pick].clone()
+    counts = torch.ones(k, dtype=x.dtype, device=x.device)
+    for start, end in ends:
+        chunk = x[start:end]
+        labels, _ = assign(chunk, centroids)
+        members = torch.bincount(labels, minlength=k).to(x.dtype)
+        means = torch.zeros_like(centroids).index_add_(0, labels, chunk.abs()) / members.clamp_min(1)[:, None]
+        centroids = centroids.abs() * (1 - 1 / counts)[:, None] + means / counts[:, None]
+        counts += members
+    labels, _ = assign(x, centroids)
+    return centroids, labels
 
 
 def dpc_knn(x, k, num_neighbours, max_tokens=20_000):

@@ -28,7 +28,9 @@ from recbole_missrec.model.layers import (
     presence_weights, run_or_recompute, transfer_weights,
 )
 from recbole_missrec.model.missrec.fusion import fuse_modalities, mix_id_score
-from recbole_missrec.model.missrec.interest import METHODS, assign, dpc_knn, kmeans, num_interests, unique_per_row
+from recbole_missrec.model.missrec.interest import (
+    METHODS, assign, dpc_knn, kmeans, num_interests, reference_kmeans, unique_per_row,
+)
 from recbole_missrec.model.missrec.losses import diversity_penalty
 from recbole_missrec.model.missrec.views import VIEW_SEQ, VIEW_SEQ_LEN, VIEW_WORD_DROP, add_views
 
@@ -68,7 +70,7 @@ class MISSRec(SequentialRecommender):
         self.item_mm_fusion = _choice(config, "item_mm_fusion", ITEM_FUSIONS)
         self.mask_missing_modality = config["mask_missing_modality"]
         self.reference_penalty = _choice(config, "diversity_penalty", ("masked_mean", "reference")) == "reference"
-        self.interest_method = _choice(config, "interest_method", ("kmeans", "dpc_knn"))
+        self.interest_method = _choice(config, "interest_method", ("kmeans", "dpc_knn", "reference_kmeans"))
         self.kmeans_method = _choice(config, "kmeans_method", METHODS)
         self.kmeans_max_iter = config["kmeans_max_iter"]
         self.kmeans_tol = config["kmeans_tol"]
@@ -192,6 +194,8 @@ class MISSRec(SequentialRecommender):
             centroids, labels = kmeans(points, self.n_interests, max_iter=self.kmeans_max_iter, tol=self.kmeans_tol,
                                        generator=generator, method=self.kmeans_method,
                                        show_progress=self.show_progress)
+        elif self.interest_method == "reference_kmeans":
+            centroids, labels = reference_kmeans(points, self.n_interests, generator=generator)
         else:
             neighbours = math.ceil(points.shape[0] * self.dpc_knn_ratio)
             centroids, labels = dpc_knn(points, self.n_interests, neighbours, self.dpc_max_tokens)
