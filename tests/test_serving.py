@@ -146,10 +146,11 @@ def test_served_item_embeddings_and_retrieval_vectors_give_the_score(trained, mo
 
 
 def test_new_items_are_scaled_like_the_training_features(trained, tmp_path):
-    """feature_norm: mean divides every table by its mean vector norm: new rows take the training divisor."""
-    run = trained("inductive_ft", feature_norm="mean")
+    """feature_norm: mean divides every table by its mean vector norm, feature_scale multiplies it: new rows
+    take the training divisor and scale."""
+    run = trained("inductive_ft", feature_norm="mean", feature_scale=3.0)
     recommender = Recommender.load(bundle_copy(run, tmp_path))
-    assert recommender.normalisation["mode"] == "mean"
+    assert recommender.normalisation["mode"] == "mean" and recommender.normalisation["scale"] == 3.0
     text = np.fromfile(run.root / "toy" / "toy.feat1CLS", dtype=np.float32).reshape(30, 16)
     image = np.fromfile(run.root / "toy" / "toy.feat3CLS", dtype=np.float32).reshape(30, 12)
     recommender.add_items(["twin"], {"text": text[[9]], "img": image[[9]]})  # as the files hold item 9

@@ -149,3 +149,7 @@ def test_feature_norm_rescales_each_store():
     assert torch.allclose(mean.table.norm(dim=-1).mean(), torch.tensor(1.0))
     assert torch.allclose(mean.table / store.table, (mean.table / store.table)[0, 0, 0].expand(5, 1, 4))
     assert store.normalised("none") is store
+    assert torch.allclose(store.normalised("l2", scale=10.0).table, 10 * unit.table)
+    assert torch.allclose(store.normalised("none", scale=2.0).table, 2 * store.table)
+    with pytest.raises(ValueError, match="feature_scale"):
+        store.normalised("l2", scale=0.0)

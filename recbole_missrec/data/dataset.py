@@ -62,7 +62,7 @@ class MultiModalDataset(SequentialDataset):
             raw = read_store(path, dim, tokens, self.config["max_feature_slots"])
             norm = self.config["feature_norm"]
             self.feature_divisors[name] = raw.mean_norm() if norm == "mean" else None
-            stores[name] = raw.normalised(norm, self.feature_divisors[name])
+            stores[name] = raw.normalised(norm, self.feature_divisors[name], float(self.config["feature_scale"]))
             self.feature_files[name] = path
             store = stores[name]
             self.logger.info(

@@ -27,19 +27,25 @@ class FeatureStore(NamedTuple):
     def slots(self):
         return self.table.shape[1]
 
-    def normalised(self, norm, divisor=None):
+    def normalised(self, norm, divisor=None, scale=1.0):
         """This store with its vectors rescaled: ``l2`` = every vector unit length; ``mean`` = the whole
         table divided by its mean vector norm (relative norms kept), or by ``divisor`` when given (rows
         added later are scaled like the table they join); ``none`` = unchanged. Encoders differ by an order
         of magnitude in output norm (CLIP image rows ~10, sentence encoders 1), which would otherwise set
-        how much each modality weighs wherever tokens of several modalities are summed."""
+        how much each modality weighs wherever tokens of several modalities are summed. ``scale`` then
+        multiplies every vector: the common length itself matters to a freshly initialised adapter, as it
+        sets how large the content tokens start against the ID embeddings (README, "feature scale")."""
+        if not scale > 0:
+            raise ValueError(f"feature_scale={scale!r}: it multiplies every feature vector, so it must be > 0")
         if norm in (None, "none"):
-            return self
-        if norm == "l2":
-            return self._replace(table=self.table / self.table.norm(dim=-1, keepdim=True).clamp_min(1e-12))
-        if norm == "mean":
-            return self._replace(table=self.table / (divisor or self.mean_norm()))
-        raise ValueError(f"feature_norm={norm!r} is not supported; use none, l2 or mean")
+            table = self.table
+        elif norm == "l2":
+            table = self.table / self.table.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        elif norm == "mean":
+            table = self.table / (divisor or self.mean_norm())
+        else:
+            raise ValueError(f"feature_norm={norm!r} is not supported; use none, l2 or mean")
+        return self if table is self.table and scale == 1.0 else self._replace(table=table * scale)
 
     def mean_norm(self):
         """Mean length of the real vectors (1.0 when there is none): the divisor of ``normalised("mean")``."""

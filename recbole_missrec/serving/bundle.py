@@ -123,8 +123,8 @@ def _publish_items(folder, tokens, stores):
 def write_bundle(out, config, state_dict, tokens, stores, normalisation, source):
     """Write a new bundle folder ``out`` (it must not exist, or be empty): everything is written into a
     temporary sibling folder that is renamed to ``out`` at the end. ``normalisation``: {"mode": the
-    feature_norm the stores went through, "divisors": {store: its divisor or None}}, applied to items
-    added later. Returns the manifest."""
+    feature_norm the stores went through, "divisors": {store: its divisor or None}, "scale": the
+    feature_scale}, applied to items added later. Returns the manifest."""
     out = os.path.abspath(out)
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
         raise BundleError(f"{out} already exists and is not an empty folder: remove it or choose another --out")
@@ -178,7 +178,8 @@ def export_bundle(checkpoint, out, data_path=None):
     config, model, dataset, _, _, _ = load_data_and_model(checkpoint, data_path, {"use_gpu": False})
     source = {"checkpoint": os.path.abspath(checkpoint), "dataset": config["dataset"], "data_path": config["data_path"],
               "feature_files": dict(dataset.feature_files)}
-    normalisation = {"mode": config["feature_norm"] or "none", "divisors": dict(dataset.feature_divisors)}
+    normalisation = {"mode": config["feature_norm"] or "none", "divisors": dict(dataset.feature_divisors),
+                     "scale": float(config["feature_scale"])}
     manifest = write_bundle(out, plain_config(config), model.state_dict(), dataset.field2id_token[dataset.iid_field],
                             dataset.item_features, normalisation, source)
     _check_export(out, model)

@@ -250,7 +250,9 @@ class Recommender:
         if unknown_stores:
             raise ValueError(f"features for {unknown_stores}, but the model's feature stores are {list(self.stores)}")
         mode, divisors = self.normalisation["mode"], self.normalisation["divisors"]
-        rows = {name: new_store(features.get(name), len(tokens), store.dim, name).normalised(mode, divisors.get(name))
+        scale = self.normalisation.get("scale", 1.0)  # bundles written before feature_scale existed: 1
+        rows = {name: new_store(features.get(name), len(tokens), store.dim, name).normalised(mode, divisors.get(name),
+                                                                                             scale)
                 for name, store in self.stores.items()}
         bare = ~torch.stack([store.present for store in rows.values()], dim=1).any(dim=1)
         if bare.any():
