@@ -45,7 +45,9 @@ class FeatureStore(NamedTuple):
             table = self.table / (divisor or self.mean_norm())
         else:
             raise ValueError(f"feature_norm={norm!r} is not supported; use none, l2 or mean")
-        return self if table is self.table and scale == 1.0 else self._replace(table=table * scale)
+        if scale != 1.0:
+            table = table * scale
+        return self if table is self.table else self._replace(table=table)
 
     def mean_norm(self):
         """Mean length of the real vectors (1.0 when there is none): the divisor of ``normalised("mean")``."""

@@ -51,6 +51,11 @@ def _chunk_rows(k):
     return max(1, _DISTANCE_BUDGET // max(k, 1))
 
 
+def _check_k(method, k, n):
+    if not 1 <= k <= n:
+        raise ValueError(f"{method} needs 1 <= k <= number of points, got k={k} for {n} points")
+
+
 def row_norms(x):
     """[n] squared norms of the rows of x; the points do not move, so callers compute them once. Computed
     in row blocks, so that the squares never take a second copy of x."""
@@ -147,8 +152,7 @@ def kmeans(x, k, max_iter=20, tol=1e-4, init_sample=50_000, generator=None, meth
     ``auto`` picks by cost (``choose_method``). ``show_progress``: tqdm bars over the seeding cells
     (approx) and the iterations.
     """
-    if not 1 <= k <= x.shape[0]:
-        raise ValueError(f"k-means needs 1 <= k <= number of points, got k={k} for {x.shape[0]} points")
+    _check_k("k-means", k, x.shape[0])
     x = x.detach().float()
     n = x.shape[0]
     norms = row_norms(x)
@@ -448,8 +452,7 @@ def reference_kmeans(x, k, batch=2048, generator=None):
     non-negative centres, where most points pile into a few clusters.
     Returns (centroids [k, d], labels [n] in 0..k-1).
     """
-    if not 1 <= k <= x.shape[0]:
-        raise ValueError(f"k-means needs 1 <= k <= number of points, got k={k} for {x.shape[0]} points")
+    _check_k("k-means", k, x.shape[0])
     x = x.detach().float()
     n = x.shape[0]
     if batch <= k:
@@ -489,8 +492,7 @@ def dpc_knn(x, k, num_neighbours, max_tokens=20_000):
             f"`dpc_max_tokens` is {max_tokens}. Use `interest_method: kmeans`, or raise the limit if the "
             f"memory is really there."
         )
-    if not 1 <= k <= n:
-        raise ValueError(f"DPC-KNN needs 1 <= k <= number of points, got k={k} for {n} points")
+    _check_k("DPC-KNN", k, n)
     x = x.detach().float()
     dist = torch.cdist(x, x) / math.sqrt(dim)  # [n, n]
     num_neighbours = max(1, min(int(num_neighbours), n))
