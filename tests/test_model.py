@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from conftest import fake_dataset, model_config
+from recbole_missrec.data.feature_store import store_from_rows
 from recbole_missrec.model import MISSRec
 from recbole_missrec.model.layers import full_softmax_ce
 from recbole_missrec.model.missrec.fusion import fuse_modalities, mix_id_score
@@ -197,6 +198,20 @@ def test_reference_kmeans_reaches_interest_discovery():
     assert (model.interest_centroids >= 0).all() and used.numel() >= 1
     assert model.calculate_loss(batch()).isfinite()
     assert not (build().interest_centroids >= 0).all()  # the default k-means keeps signs
+
+
+def test_no_interests_leaves_one_constant_memory_token_for_every_sequence():
+    model = build(interest_method="none")
+    assert model.n_interests == 0 and not model.interest_lookup.any() and bool(model.interests_ready)
+    _, memory, valid = model.encode(SEQ, LEN)
+    assert valid.shape == (3, 1) and valid.all()
+    assert torch.allclose(memory, memory[:1].expand_as(memory))  # the same token, whatever the history
+    assert model.calculate_loss(batch()).isfinite()
+    assert build().encode(SEQ, LEN)[1].shape[1] > 1  # the default discovers several interests per sequence
+    rows = torch.randn(2, 10).numpy(), torch.randn(2, 6).numpy()
+    model.add_items({name: store_from_rows(table) for name, table in zip(("text", "img"), rows)})
+    assert model.interest_lookup.shape[0] == 14 and not model.interest_lookup.any()
+    assert model.full_sort_predict(batch()).shape == (3, 14)
 
 
 def gradients_of_one_step(recompute_tokens):

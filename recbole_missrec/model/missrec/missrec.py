@@ -70,7 +70,7 @@ class MISSRec(SequentialRecommender):
         self.item_mm_fusion = _choice(config, "item_mm_fusion", ITEM_FUSIONS)
         self.mask_missing_modality = config["mask_missing_modality"]
         self.reference_penalty = _choice(config, "diversity_penalty", ("masked_mean", "reference")) == "reference"
-        self.interest_method = _choice(config, "interest_method", ("kmeans", "dpc_knn", "reference_kmeans"))
+        self.interest_method = _choice(config, "interest_method", ("kmeans", "dpc_knn", "reference_kmeans", "none"))
         self.kmeans_method = _choice(config, "kmeans_method", METHODS)
         self.kmeans_max_iter = config["kmeans_max_iter"]
         self.kmeans_tol = config["kmeans_tol"]
@@ -123,7 +123,8 @@ class MISSRec(SequentialRecommender):
         self.fusion_factor = nn.Parameter(torch.zeros(())) if dynamic else None
 
         num_tokens = int(self.item_present[1:].sum())
-        self.n_interests = num_interests(num_tokens, config["interest_ratio"], config["num_interest"])
+        no_interests = self.interest_method == "none"
+        self.n_interests = 0 if no_interests else num_interests(num_tokens, config["interest_ratio"], config["num_interest"])
         self.register_buffer("interest_centroids", torch.zeros(self.n_interests + 1, d))
         self.register_buffer("interest_lookup", torch.zeros(self.n_items, len(self.modalities), dtype=torch.long))
         self.register_buffer("interests_ready", torch.tensor(False))
@@ -172,6 +173,8 @@ class MISSRec(SequentialRecommender):
     def on_epoch_start(self, epoch, generator):
         """Interest discovery at the start of every training epoch (seeded by the trainer per epoch)."""
         used = self.discover_interests(generator)
+        if self.interest_method == "none":
+            return f"epoch {epoch}: interest_method none, every sequence attends to the zero token only"
         return f"epoch {epoch} interest discovery: {used} of {self.n_interests} interests used"
 
     def prepare_batch(self, interaction, generator):
@@ -187,7 +190,15 @@ class MISSRec(SequentialRecommender):
         """Cluster every real item-modality token into K interests; fill centroids and the lookup table.
 
         Returns the number of interests that received at least one token.
+
+        ``interest_method: none`` (an ablation) leaves every item without an interest: each sequence's memory
+        is then the encoded zero token alone, so the decoder's cross-attention adds the same learned vector to
+        every position and the interest pathway carries no information about the sequence, while the
+        weights stay those of the full model (a pre-trained checkpoint still loads).
         """
+        if self.interest_method == "none":
+            self.interests_ready.fill_(True)
+            return 0
         present = self.item_present[1:]  # [N-1, M]
         points = self._eval_mode_tokens(torch.arange(1, self.n_items, device=present.device))[present]  # [T, d]
         if self.interest_method == "kmeans":
@@ -396,7 +407,7 @@ class MISSRec(SequentialRecommender):
         first, n = self.n_items, present.shape[0]
         self.n_items += n
         lookup = torch.zeros_like(present, dtype=torch.long)  # [n, M]
-        for start in range(0, n, ADD_ITEMS_CHUNK):  # bounds the [chunk, M, d] tokens
+        for start in range(0, n if self.n_interests else 0, ADD_ITEMS_CHUNK):  # bounds the [chunk, M, d] tokens
             rows = slice(start, start + ADD_ITEMS_CHUNK)
             ids = torch.arange(first + start, first + min(n, start + ADD_ITEMS_CHUNK), device=present.device)
             labels, _ = assign(self._eval_mode_tokens(ids)[present[rows]], self.interest_centroids[1:])
