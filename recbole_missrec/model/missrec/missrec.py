@@ -123,8 +123,8 @@ class MISSRec(SequentialRecommender):
         self.fusion_factor = nn.Parameter(torch.zeros(())) if dynamic else None
 
         num_tokens = int(self.item_present[1:].sum())
-        no_interests = self.interest_method == "none"
-        self.n_interests = 0 if no_interests else num_interests(num_tokens, config["interest_ratio"], config["num_interest"])
+        self.n_interests = (0 if self.interest_method == "none"
+                            else num_interests(num_tokens, config["interest_ratio"], config["num_interest"]))
         self.register_buffer("interest_centroids", torch.zeros(self.n_interests + 1, d))
         self.register_buffer("interest_lookup", torch.zeros(self.n_items, len(self.modalities), dtype=torch.long))
         self.register_buffer("interests_ready", torch.tensor(False))
@@ -407,7 +407,8 @@ class MISSRec(SequentialRecommender):
         first, n = self.n_items, present.shape[0]
         self.n_items += n
         lookup = torch.zeros_like(present, dtype=torch.long)  # [n, M]
-        for start in range(0, n if self.n_interests else 0, ADD_ITEMS_CHUNK):  # bounds the [chunk, M, d] tokens
+        # chunks bound the [chunk, M, d] tokens; with interest_method none there is no interest to join
+        for start in range(0, n if self.n_interests else 0, ADD_ITEMS_CHUNK):
             rows = slice(start, start + ADD_ITEMS_CHUNK)
             ids = torch.arange(first + start, first + min(n, start + ADD_ITEMS_CHUNK), device=present.device)
             labels, _ = assign(self._eval_mode_tokens(ids)[present[rows]], self.interest_centroids[1:])
