@@ -209,8 +209,9 @@ def test_no_interests_leaves_one_constant_memory_token_for_every_sequence():
     assert model.calculate_loss(batch()).isfinite()
     assert build().encode(SEQ, LEN)[1].shape[1] > 1  # the default discovers several interests per sequence
     rows = torch.randn(2, 10).numpy(), torch.randn(2, 6).numpy()
-    model.add_items({name: store_from_rows(table) for name, table in zip(("text", "img"), rows)})
+    note = model.add_items({name: store_from_rows(table) for name, table in zip(("text", "img"), rows)})
     assert model.interest_lookup.shape[0] == 14 and not model.interest_lookup.any()
+    assert "join no interest" in note and "saved interests" not in note
     assert model.full_sort_predict(batch()).shape == (3, 14)
 
 

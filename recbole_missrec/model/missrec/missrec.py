@@ -414,8 +414,10 @@ class MISSRec(SequentialRecommender):
             labels, _ = assign(self._eval_mode_tokens(ids)[present[rows]], self.interest_centroids[1:])
             lookup[rows][present[rows]] = labels + 1
         self.interest_lookup = torch.cat([self.interest_lookup, lookup])
-        note = (f"{n} new item{'s' * (n != 1)}: {int(present.sum())} item-modality tokens joined "
-                f"{torch.unique(lookup[present]).numel()} of the {self.n_interests} saved interests (nearest centroid)")
+        joined = torch.unique(lookup[lookup > 0]).numel()
+        note = f"{n} new item{'s' * (n != 1)}: {int(present.sum())} item-modality tokens " + (
+            f"joined {joined} of the {self.n_interests} saved interests (nearest centroid)" if self.n_interests
+            else "join no interest (interest_method none)")
         if self.item_embedding is not None:
             note += ("; transductive model: new items have no ID embedding, so their ID cosine is 0 in the score "
                      "(id + 2 * modalities) / 3, the trained items' scale, and they add no ID vector in a history")
