@@ -82,3 +82,49 @@ def test_moe_adaptor_starts_with_uniform_gates(expert):
             experts.append(moe.experts[k](x - moe.bias[k]))
     assert torch.allclose(moe(x), torch.stack(experts).mean(0), atol=1e-6)
     assert moe(torch.randn(2, 3, 12)).shape == (2, 3, 4)
+
+
+def whitening_by_expert(moe, x, kept):
+    """UniSRec's formula, one expert at a time: sum_e g_e(x) (kept - b_e) W_e, ``kept`` the features after a
+    dropout that kept them all (no gate noise)."""
+    gates = torch.softmax(x @ moe.gate, dim=-1)  # [..., E]
+    outputs = torch.stack([linear(kept - bias) for linear, bias in zip(moe.experts, moe.bias)], dim=-2)
+    return (gates.unsqueeze(-1) * outputs).sum(-2)
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_moe_whitening_matches_the_per_expert_formula_and_its_gradients(training, monkeypatch):
+    """The batched whitening (b_e W_e subtracted after the matmul) gives UniSRec's per-expert outputs and the
+    same gradients for the gates, weights and biases, in evaluation (one shared matmul) and in training (the
+    per-expert bmm), where a uniform draw of ones keeps every feature: dropout p = 0.5 then doubles x."""
+    torch.manual_seed(0)
+    moe = MoEAdaptor(3, 12, 4, dropout=0.5, expert="whitening").train(training)
+    with torch.no_grad():
+        moe.gate.normal_()
+        moe.bias.normal_()
+    x = torch.randn(2, 5, 12)
+    monkeypatch.setattr(torch, "rand", lambda *shape, device=None: torch.ones(*shape, device=device))
+    kept = 2 * x if training else x
+    grads = []
+    for forward in (lambda: moe(x), lambda: whitening_by_expert(moe, x, kept)):
+        moe.zero_grad()
+        out = forward()
+        (out * torch.arange(out.numel()).view_as(out)).sum().backward()
+        grads.append((out.detach(), [p.grad.clone() for p in moe.parameters()]))
+    (ours, our_grads), (reference, reference_grads) = grads
+    assert torch.allclose(ours, reference, atol=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(our_grads, reference_grads))
+
+
+def test_moe_whitening_draws_a_dropout_mask_per_expert():
+    """Two identity experts on ones with uniform gates: independent masks (p = 0.5) give the mean of two
+    draws, 0 / 1 / 2 with frequencies 1/4, 1/2, 1/4; a mask shared by the experts would never give 1."""
+    torch.manual_seed(0)
+    moe = MoEAdaptor(2, 4, 4, dropout=0.5, expert="whitening").train()
+    with torch.no_grad():
+        for linear in moe.experts:
+            linear.weight.copy_(torch.eye(4))
+    out = moe(torch.ones(2000, 4))
+    frequencies = [(out == value).float().mean().item() for value in (0.0, 1.0, 2.0)]
+    assert frequencies == pytest.approx([0.25, 0.5, 0.25], abs=0.02)
+    assert moe.eval()(torch.ones(3, 4)).tolist() == [[1.0] * 4] * 3
