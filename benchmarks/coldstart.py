@@ -7,7 +7,8 @@
 checkpoint (``load_data_and_model``), its test rows are ranked against all items, and HIT/NDCG@10 are
 reported per popularity bucket of the test target: how often the item occurs in the training
 interactions (as a target or in a history): 0, 1-4, 5-9, 10-19, >= 20. Mean ± std over the seeds of each
-variant, the bucket sizes, a plot. Writes <results>/coldstart_buckets.json, .md and .png.
+variant, the bucket sizes, a plot. A run whose checkpoint is gone (a lost work folder) keeps the figures an
+earlier pass wrote for it, so seeds can be added to a folder after its first runs' checkpoints are lost. Writes <results>/coldstart_buckets.json, .md and .png.
 
 ``new-items`` (protocol b): a seeded random share of the items (``--holdout``, 10 %; ``--split-seed``) is
 removed from training and validation entirely (``new_items.py`` has the exact rule); every model is trained
@@ -123,6 +124,32 @@ def evaluate_run(record, data_path):
     return result
 
 
+def earlier_bucket_results(path):
+    """{(variant, seed): result} of an earlier ``buckets`` pass over the same folder (results that carry
+    their seed), so a run whose checkpoint is gone keeps its figures when seeds are added later."""
+    if not os.path.exists(path):
+        return {}
+    with open(path) as handle:
+        per_run = json.load(handle)["per_run"]
+    return {(variant, result["seed"]): result
+            for variant, results in per_run.items() for result in results if "seed" in result}
+
+
+def bucket_result(record, data_path, earlier):
+    """One run's bucket metrics: from its checkpoint, or, where the checkpoint no longer exists (a lost work
+    folder), the earlier pass's figures of the same run, checked against the run's record."""
+    key = (record["variant"], record["seed"])
+    if os.path.exists(record["checkpoint"]):
+        return dict(evaluate_run(record, data_path), seed=record["seed"])
+    kept = earlier.get(key)
+    if kept is None or kept["recbole_test_ndcg@10"] != record["test"]["ndcg@10"]:
+        raise SystemExit(f"{record['checkpoint']} (the checkpoint of {key[0]} seed {key[1]}) is missing and "
+                         "coldstart_buckets.json holds no figures of that run: re-run it with benchmarks/run.py, "
+                         "or pass --models without it")
+    print(f"{key[0]} seed {key[1]}: checkpoint gone, its earlier bucket figures kept", flush=True)
+    return kept
+
+
 def aggregate(per_run):
     """{variant: {bucket: {metric: (mean, std)}}} over seeds."""
     table = {}
@@ -202,9 +229,10 @@ def run_buckets(args):
             records.append(record)
     if not records:
         raise SystemExit(f"no finished run with a checkpoint in {args.results}/runs (re-run benchmarks/run.py)")
+    earlier = earlier_bucket_results(os.path.join(args.results, "coldstart_buckets.json"))
     per_run = {}
     for record in records:
-        result = evaluate_run(record, args.data_path or record["config"]["data_path"])
+        result = bucket_result(record, args.data_path or record["config"]["data_path"], earlier)
         per_run.setdefault(record["variant"], []).append(result)
         print(f"{record['variant']} seed {record['seed']}: NDCG@10 {result['all']['ndcg@10']:.4f} "
               f"(sweep: {result['recbole_test_ndcg@10']:.4f})", flush=True)

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -118,6 +119,16 @@ def test_quick_sweep_writes_reports_and_resumes(toy):
             assert result["all"]["ndcg@10"] == pytest.approx(result["recbole_test_ndcg@10"], abs=1e-4), variant
             assert sum(result[name]["rows"] for name in ("0", "1-4", "5-9", "10-19", ">=20")) == result["all"]["rows"]
     assert (toy / "out" / "coldstart_buckets.png").read_bytes()[:4] == b"\x89PNG"
+    assert sorted(result["seed"] for result in buckets["per_run"]["FDSA"]) == [1, 2]
+
+    fdsa_checkpoint = Path(runs[("FDSA", 2)]["checkpoint"])  # a lost work folder: the earlier figures stay
+    fdsa_checkpoint.rename(fdsa_checkpoint.with_suffix(".moved"))
+    coldstart.main(["buckets", "--results", str(toy / "out")])
+    assert json.loads((toy / "out" / "coldstart_buckets.json").read_text()) == buckets
+    (toy / "out" / "coldstart_buckets.json").unlink()
+    with pytest.raises(SystemExit, match="FDSA seed 2.*is missing"):
+        coldstart.main(["buckets", "--results", str(toy / "out")])
+    fdsa_checkpoint.with_suffix(".moved").rename(fdsa_checkpoint)
 
     from reevaluate import main as reevaluate_main  # a record that lost metrics gets them back from its checkpoint
 
