@@ -8,7 +8,8 @@ checkpoint (``load_data_and_model``), its test rows are ranked against all items
 reported per popularity bucket of the test target: how often the item occurs in the training
 interactions (as a target or in a history): 0, 1-4, 5-9, 10-19, >= 20. Mean ± std over the seeds of each
 variant, the bucket sizes, a plot. A run whose checkpoint is gone (a lost work folder) keeps the figures an
-earlier pass wrote for it, so seeds can be added to a folder after its first runs' checkpoints are lost. Writes <results>/coldstart_buckets.json, .md and .png.
+earlier pass wrote for it, so seeds can be added to a folder after its first runs' checkpoints are lost.
+Writes <results>/coldstart_buckets.json, .md and .png.
 
 ``new-items`` (protocol b): a seeded random share of the items (``--holdout``, 10 %; ``--split-seed``) is
 removed from training and validation entirely (``new_items.py`` has the exact rule); every model is trained
@@ -144,7 +145,7 @@ def bucket_result(record, data_path, earlier):
     kept = earlier.get(key)
     if kept is None or kept["recbole_test_ndcg@10"] != record["test"]["ndcg@10"]:
         raise SystemExit(f"{record['checkpoint']} (the checkpoint of {key[0]} seed {key[1]}) is missing and "
-                         "coldstart_buckets.json holds no figures of that run: re-run it with benchmarks/run.py, "
+                         "coldstart_buckets.json holds no figures of that run matching its record: re-run it with benchmarks/run.py, "
                          "or pass --models without it")
     print(f"{key[0]} seed {key[1]}: checkpoint gone, its earlier bucket figures kept", flush=True)
     return kept
