@@ -8,6 +8,11 @@ metrics as mean ± sample std over its seeds, ``@11`` columns where the runs eva
 labelling of MISSRec's reference evaluator), and the difference of its mean NDCG@10 from the first row's,
 marked ``*`` where it exceeds both rows' seed std. ``run.py`` writes one folder per setting; this script only
 reads their ``runs/*.json``. Writes <out>/comparison.md and comparison.json.
+
+``--refresh`` rebuilds <out>'s table from the rows its comparison.json lists (labels, folders, variants),
+so a table of many rows picks up seeds added to its folders without retyping the command:
+
+    python benchmarks/compare.py --refresh --out benchmarks/results/converged/Scientific-all
 """
 import argparse
 import json
@@ -30,6 +35,20 @@ def parse_row(text):
         raise SystemExit(f"--rows takes LABEL=FOLDER[:VARIANT], got {text!r}")
     folder, _, variant = location.partition(":")
     return label, folder, variant or None
+
+
+def listed_rows(out):
+    """(label, folder, variant) of every row of an earlier comparison written to ``out``."""
+    path = os.path.join(out, "comparison.json")
+    try:
+        with open(path) as handle:
+            rows = json.load(handle)["rows"]
+        return [(row["label"], row["folder"], row["variant"]) for row in rows]
+    except FileNotFoundError:
+        raise SystemExit(f"{path} does not exist: build the table once with --rows LABEL=FOLDER[:VARIANT] ...")
+    except (ValueError, KeyError, TypeError) as error:
+        raise SystemExit(f"{path} is not a comparison.json written by compare.py ({error!r}): "
+                         "rebuild it with --rows LABEL=FOLDER[:VARIANT] ...")
 
 
 def row_runs(folder, variant):
@@ -81,11 +100,14 @@ def markdown(rows):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", nargs="+", required=True, metavar="LABEL=FOLDER[:VARIANT]")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--rows", nargs="+", metavar="LABEL=FOLDER[:VARIANT]")
+    source.add_argument("--refresh", action="store_true", help="the rows of <out>/comparison.json")
     parser.add_argument("--out", required=True, help="folder for comparison.md and comparison.json")
     args = parser.parse_args(argv)
     rows = []
-    for label, folder, variant in map(parse_row, args.rows):
+    specs = listed_rows(args.out) if args.refresh else [parse_row(text) for text in args.rows]
+    for label, folder, variant in specs:
         variant, runs = row_runs(folder, variant)
         rows.append(summary(label, folder, variant, runs))
     table = markdown(rows)

@@ -264,6 +264,24 @@ def test_a_run_record_keeps_every_test_metric_the_run_evaluated():
     assert summarize(result)["epoch_seconds"] == 1.5
 
 
+def test_compare_refresh_rebuilds_the_listed_rows_with_new_seeds(tmp_path):
+    out = str(tmp_path / "out")
+    with pytest.raises(SystemExit, match="build the table once with --rows"):
+        compare_main(["--refresh", "--out", out])
+    write_runs(tmp_path / "a", "M", [0.05])
+    write_runs(tmp_path / "b", "M", [0.06])
+    write_runs(tmp_path / "b", "N", [0.07])
+    compare_main(["--rows", f"base={tmp_path / 'a'}", f"other={tmp_path / 'b'}:N", "--out", out])
+    write_runs(tmp_path / "a", "M", [0.05, 0.07])  # a second seed lands in the row's folder
+    rows = compare_main(["--refresh", "--out", out])
+    listed = [(row["label"], row["variant"], row["seeds"]) for row in rows]
+    assert listed == [("base", "M", [1, 2]), ("other", "N", [1])]
+    assert "| base | 1, 2 | " in (tmp_path / "out" / "comparison.md").read_text()
+    (tmp_path / "out" / "comparison.json").write_text("{}")
+    with pytest.raises(SystemExit, match="not a comparison.json"):
+        compare_main(["--refresh", "--out", out])
+
+
 def test_tables_show_every_sitting_of_a_resumed_run(tmp_path):
     write_runs(tmp_path / "a", "M", [0.05])
     record_path = tmp_path / "a" / "runs" / "M__seed1.json"
