@@ -145,8 +145,8 @@ def bucket_result(record, data_path, earlier):
     kept = earlier.get(key)
     if kept is None or kept["recbole_test_ndcg@10"] != record["test"]["ndcg@10"]:
         raise SystemExit(f"{record['checkpoint']} (the checkpoint of {key[0]} seed {key[1]}) is missing and "
-                         "coldstart_buckets.json holds no figures of that run matching its record: re-run it with benchmarks/run.py, "
-                         "or pass --models without it")
+                         "coldstart_buckets.json holds no figures of that run matching its record: "
+                         "re-run it with benchmarks/run.py, or pass --models without it")
     print(f"{key[0]} seed {key[1]}: checkpoint gone, its earlier bucket figures kept", flush=True)
     return kept
 
