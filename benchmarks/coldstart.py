@@ -130,10 +130,15 @@ def earlier_bucket_results(path):
     their seed), so a run whose checkpoint is gone keeps its figures when seeds are added later."""
     if not os.path.exists(path):
         return {}
-    with open(path) as handle:
-        per_run = json.load(handle)["per_run"]
-    return {(variant, result["seed"]): result
-            for variant, results in per_run.items() for result in results if "seed" in result}
+    try:
+        with open(path) as handle:
+            per_run = json.load(handle)["per_run"]
+        return {(variant, result["seed"]): result
+                for variant, results in per_run.items() for result in results if "seed" in result}
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise SystemExit(f"{path} is not a coldstart_buckets.json written by this script ({error!r}): "
+                         "move it aside and re-run buckets; runs whose checkpoints are gone then need "
+                         "benchmarks/run.py again") from error
 
 
 def bucket_result(record, data_path, earlier):
@@ -146,7 +151,7 @@ def bucket_result(record, data_path, earlier):
     if kept is None or kept["recbole_test_ndcg@10"] != record["test"]["ndcg@10"]:
         raise SystemExit(f"{record['checkpoint']} (the checkpoint of {key[0]} seed {key[1]}) is missing and "
                          "coldstart_buckets.json holds no figures of that run matching its record: "
-                         "re-run it with benchmarks/run.py, or pass --models without it")
+                         "re-run it with benchmarks/run.py, or leave it out with --models or --seeds")
     print(f"{key[0]} seed {key[1]}: checkpoint gone, its earlier bucket figures kept", flush=True)
     return kept
 
@@ -226,7 +231,9 @@ def run_buckets(args):
     for path in sorted(glob.glob(os.path.join(args.results, "runs", "*.json"))):
         with open(path) as handle:
             record = json.load(handle)
-        if record.get("status") == "ok" and record.get("checkpoint") and (not args.models or record["variant"] in args.models):
+        if (record.get("status") == "ok" and record.get("checkpoint")
+                and (not args.models or record["variant"] in args.models)
+                and (not args.seeds or record["seed"] in args.seeds)):
             records.append(record)
     if not records:
         raise SystemExit(f"no finished run with a checkpoint in {args.results}/runs (re-run benchmarks/run.py)")
@@ -523,6 +530,7 @@ def main(argv=None):
     buckets = commands.add_parser("buckets", help="accuracy per popularity bucket of finished sweep runs")
     buckets.add_argument("--results", required=True, help="a benchmarks/run.py output folder (with runs/)")
     buckets.add_argument("--models", nargs="*", help="variants to include (default: all finished)")
+    buckets.add_argument("--seeds", nargs="*", type=int, help="seeds to include (default: all finished)")
     buckets.add_argument("--data_path", help="where the runs' data lives now (default: as recorded)")
     buckets.set_defaults(run=run_buckets)
     add_new_items_parser(commands)

@@ -125,9 +125,16 @@ def test_quick_sweep_writes_reports_and_resumes(toy):
     fdsa_checkpoint.rename(fdsa_checkpoint.with_suffix(".moved"))
     coldstart.main(["buckets", "--results", str(toy / "out")])
     assert json.loads((toy / "out" / "coldstart_buckets.json").read_text()) == buckets
+    (toy / "out" / "coldstart_buckets.json").write_text('{"per_run": ')  # a write cut short
+    with pytest.raises(SystemExit, match="coldstart_buckets.json is not .*move it aside"):
+        coldstart.main(["buckets", "--results", str(toy / "out")])
+    assert (toy / "out" / "coldstart_buckets.json").read_text() == '{"per_run": '  # left for the user to inspect
     (toy / "out" / "coldstart_buckets.json").unlink()
     with pytest.raises(SystemExit, match="FDSA seed 2.*is missing"):
         coldstart.main(["buckets", "--results", str(toy / "out")])
+    coldstart.main(["buckets", "--results", str(toy / "out"), "--seeds", "1"])  # the lost run left out
+    assert sorted(result["seed"] for result in json.loads(
+        (toy / "out" / "coldstart_buckets.json").read_text())["per_run"]["FDSA"]) == [1]
     fdsa_checkpoint.with_suffix(".moved").rename(fdsa_checkpoint)
 
     from reevaluate import main as reevaluate_main  # a record that lost metrics gets them back from its checkpoint
@@ -290,6 +297,17 @@ def test_tables_show_every_sitting_of_a_resumed_run(tmp_path):
     rows = compare_main(["--rows", f"base={tmp_path / 'a'}", "--out", str(tmp_path / "out")])
     assert rows[0]["figures"]["epoch_seconds"] == [315.0] and rows[0]["figures"]["cpu_seconds"] == [10.0]
     assert "| 315 |" in (tmp_path / "out" / "comparison.md").read_text()
+
+
+def test_report_names_a_machine_once_across_sittings_on_different_kernels():
+    from report import machines
+
+    machine = {"cpu": "AMD EPYC", "cores": 2, "memory_gb": 23.5, "gpu": None, "torch": "2.13.0+cpu", "platform": "v1"}
+    runs = [{"status": "ok", "torch_threads": threads, "machine": dict(machine, platform=platform)}
+            for threads, platform in ((1, "v1"), (2, "v2"), (2, "v3"))]
+    assert machines(runs) == ["AMD EPYC, 2 cores, 23.5 GB, CPU only, 1, 2 thread(s) per run; torch 2.13.0+cpu"]
+    runs.append({"status": "ok", "torch_threads": 1, "machine": dict(machine, cores=16, gpu="H200")})
+    assert len(machines(runs)) == 2
 
 
 def test_compare_asks_for_the_variant_of_a_mixed_folder(tmp_path):
