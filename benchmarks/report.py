@@ -65,11 +65,12 @@ def budgets(runs):
 def machines(runs):
     """One line per machine the finished runs ran on, told apart by the fields the line shows: sittings on
     the same kind of machine differ in their kernel build, which is no reason to repeat the line."""
-    return sorted({machine_line(run["machine"], runs) for run in runs if run["status"] == "ok"})
+    threads = run_threads(runs)
+    return sorted({machine_line(run["machine"], threads) for run in runs if run["status"] == "ok"})
 
 
-def machine_line(m, runs):
-    device = m["gpu"] or f"CPU only, {run_threads(runs)} thread(s) per run"
+def machine_line(m, threads):
+    device = m["gpu"] or f"CPU only, {threads} thread(s) per run"
     return f"{m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB, {device}; torch {m['torch']}"
 
 
