@@ -568,3 +568,33 @@ def test_an_unfinished_run_is_reported_from_its_progress_file(tmp_path):
     os.makedirs(out / "runs")
     (out / "runs" / "MISSRec-inductive__seed7.json").write_text(json.dumps({"status": "ok"}))
     assert progress.report(str(work), str(out)) == [] and not (out / "unfinished").exists()
+
+
+def test_curves_compare_finished_and_unfinished_runs_at_equal_epochs(tmp_path, capsys):
+    """A finished record (its history) against an unfinished one (progress.py's per-epoch scores), over the
+    epochs both ran; records of another validation metric, or not records at all, are refused by name."""
+    import curves
+
+    finished_record = {"config": {"seed": 1}, "history": [
+        {"epoch": 0, "train_loss": 2.0, "valid_score": 0.0100}, {"epoch": 1, "train_loss": 1.0, "valid_score": 0.0200},
+        {"epoch": 2, "train_loss": 0.5, "valid_score": 0.0300}, {"epoch": 3, "train_loss": 0.4}]}
+    unfinished_record = {"valid_metric": "NDCG@10", "valid_score_per_epoch": {"0": 0.0150, "1": 0.0200, "2": 0.0250}}
+    (tmp_path / "scratch.json").write_text(json.dumps(finished_record))
+    (tmp_path / "probe.json").write_text(json.dumps(unfinished_record))
+    out = tmp_path / "out"
+    curves.main(["--runs", f"scratch={tmp_path / 'scratch.json'}", f"probe={tmp_path / 'probe.json'}", "--out", str(out)])
+    written = json.loads((out / "curves.json").read_text())
+    assert written["valid_metric"] == "NDCG@10"
+    diff = written["runs"][1]["against_first"]
+    assert diff["epochs"] == [0, 2] and (diff["leads"], diff["ties"], diff["trails"]) == (1, 1, 1)
+    assert math.isclose(diff["mean"], 0.0, abs_tol=1e-12) and math.isclose(diff["min"], -0.005) and math.isclose(diff["max"], 0.005)
+    assert "| probe | 0-2 | +0.0000 | -0.0050 | +0.0050 | 1 / 1 / 1 |" in (out / "curves.md").read_text()
+
+    unfinished_record["valid_metric"] = "HIT@10"
+    (tmp_path / "probe.json").write_text(json.dumps(unfinished_record))
+    (tmp_path / "junk.json").write_text("[1, 2]")
+    for bad, message in [("probe", "different validation metrics"), ("junk", "junk.json is not a run record")]:
+        with pytest.raises(SystemExit, match=message):
+            curves.main(["--runs", f"a={tmp_path / 'scratch.json'}", f"b={tmp_path / (bad + '.json')}",
+                         "--out", str(tmp_path / "refused")])
+    assert not (tmp_path / "refused").exists()
