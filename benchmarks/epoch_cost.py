@@ -19,6 +19,8 @@ Peak RSS counts what glibc's allocator keeps after tensors are freed, which depe
 allocation sizes as much as on the model. ``--mmap-threshold BYTES`` runs every row with glibc's
 ``MALLOC_MMAP_THRESHOLD_`` set: blocks above it are mapped and unmapped per tensor, so the peak then
 approximates the largest live tensor memory (at a cost in system time; compare memory, not speed, there).
+``--reuse-freed-memory`` has the plugin rows' trainer make glibc reuse freed blocks instead
+(``reuse_freed_memory``; off by default outside pre-training). Stock RecBole's row runs on glibc's defaults.
 """
 import argparse
 import json
@@ -68,7 +70,8 @@ class EpochLog(logging.Handler):
 def run_config(args):
     config = {"data_path": os.path.abspath(args.data_path), "hidden_size": args.hidden, "epochs": args.epochs,
               "stopping_step": args.epochs, "seed": 2020, "show_progress": False, "state": "INFO",
-              "checkpoint_dir": os.path.abspath(os.path.join(args.work, "saved"))}
+              "checkpoint_dir": os.path.abspath(os.path.join(args.work, "saved")),
+              "reuse_freed_memory": args.reuse_freed_memory}
     return config
 
 
@@ -112,7 +115,7 @@ def in_subprocess(args, row):
         env["MALLOC_MMAP_THRESHOLD_"] = str(args.mmap_threshold)
     command = [sys.executable, os.path.abspath(__file__), "--dataset", args.dataset, "--data_path", args.data_path,
                "--epochs", str(args.epochs), "--hidden", str(args.hidden), "--work", os.path.join(args.work, slug(row)),
-               "--measure", row]
+               "--measure", row] + (["--reuse-freed-memory"] if args.reuse_freed_memory else [])
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         raise RuntimeError(f"{row} failed:\n{done.stderr[-3000:]}")
@@ -129,6 +132,14 @@ def machine():
         names = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")]
         cpu = names[0] if names else cpu
     return {"cpu": cpu, "cores": os.cpu_count(), "load_average_before": os.getloadavg()}
+
+
+def allocator(args):
+    if args.mmap_threshold:
+        return f"glibc MALLOC_MMAP_THRESHOLD_={args.mmap_threshold}"
+    if args.reuse_freed_memory:
+        return "plugin rows: reuse_freed_memory (mmap threshold 1 GiB, trim threshold 2 GiB); stock RecBole: glibc defaults"
+    return "glibc defaults"
 
 
 def markdown(rows, reference):
@@ -154,6 +165,8 @@ def main():
     parser.add_argument("--work", default=None, help="logs and checkpoints (default benchmarks/work/epoch_cost)")
     parser.add_argument("--mmap-threshold", type=int, default=None, metavar="BYTES",
                         help="MALLOC_MMAP_THRESHOLD_ of every row (peak RSS then approximates live memory)")
+    parser.add_argument("--reuse-freed-memory", action="store_true",
+                        help="plugin rows with reuse_freed_memory (glibc keeps freed blocks up to 1 GiB)")
     parser.add_argument("--measure", help=argparse.SUPPRESS)  # internal: one row in this process
     args = parser.parse_args()
     args.work = os.path.abspath(args.work or os.path.join(HERE, "work", "epoch_cost", args.dataset))
@@ -167,13 +180,12 @@ def main():
         rows.append(in_subprocess(args, row))
         print(f"{row}: {rows[-1]['train_seconds_per_epoch']:.1f} s / epoch, {rows[-1]['peak_rss_mb']:.0f} MB", flush=True)
     results = {"dataset": args.dataset, "epochs": args.epochs, "hidden_size": args.hidden, "machine": host,
-               "malloc_mmap_threshold": args.mmap_threshold,
+               "malloc_mmap_threshold": args.mmap_threshold, "allocator": allocator(args),
                "load_average_after": os.getloadavg(), "rows": rows}
     atomic_write_json(os.path.join(out, "epoch_cost.json"), results, indent=1)
     text = markdown(rows, "SASRec, RecBole") if "SASRec, RecBole" in args.rows else json.dumps(rows, indent=1)
     with atomic_open(os.path.join(out, "epoch_cost.md"), "w") as handle:
-        allocator = f"glibc MALLOC_MMAP_THRESHOLD_={args.mmap_threshold}" if args.mmap_threshold else "glibc defaults"
-        handle.write(f"# {args.dataset}: cost of a training epoch\n\nMachine: {host}; allocator: {allocator}\n\n{text}\n")
+        handle.write(f"# {args.dataset}: cost of a training epoch\n\nMachine: {host}; allocator: {allocator(args)}\n\n{text}\n")
     print(text)
 
 

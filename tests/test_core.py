@@ -1,6 +1,7 @@
 """The generic core: the one-pass config and its packaged yaml, stages found by name, RecBole's models and
 flows (S3Rec's two stages), a user's own model class, hyper-parameter tuning, loading a trained model."""
 import ast
+import json
 import os
 import shutil
 import subprocess
@@ -18,7 +19,8 @@ from conftest import ROOT, tiny_run_config, write_benchmark_dataset
 from recbole_missrec.config import PluginConfig
 from recbole_missrec.model import MISSRec
 from recbole_missrec.quick_start import load_data_and_model, run_recbole_missrec
-from recbole_missrec.trainer import CheckpointError, PluginTrainer, PretrainTrainer, load_state, release_freed_memory
+from recbole_missrec.trainer import (ALLOCATOR_VARIABLES, CheckpointError, PluginTrainer, PretrainTrainer, load_state,
+                                    release_freed_memory, reuse_freed_memory)
 from recbole_missrec.utils import get_model, get_trainer, stage_kind
 
 
@@ -38,6 +40,7 @@ def test_config_layers_every_source_in_priority_order(tmp_path, monkeypatch):
     finetune = PluginConfig(model="MISSRec", dataset="ml-100k")
     assert finetune["train_stage"] == "transductive_ft" and finetune["freeze_backbone"] is True
     assert finetune["pretrain_select"] is None and finetune["interest_ratio"] == 0.5
+    assert config["reuse_freed_memory"] is True and finetune["reuse_freed_memory"] is False
     assert PluginConfig(model="SASRec", dataset="ml-100k", config_dict={"train_neg_sample_args": None})["topk"] == [10, 50]
 
 
@@ -201,3 +204,37 @@ def test_freed_heap_memory_goes_back_to_the_system():
         pytest.skip("this C library has no malloc_trim")
     assert before - resident_mb() > 100
     assert keep
+
+
+STEP_LIKE_ALLOCATIONS = """
+import json, resource, sys
+import torch
+from recbole_missrec.trainer import reuse_freed_memory
+ran = reuse_freed_memory() if sys.argv[1] == "reuse" else False
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(20):  # a training step's activations: allocated, written, freed
+    blocks = [torch.ones(10_000_000), torch.ones(3_000_000)]
+    del blocks
+print(json.dumps({"ran": ran, "page_faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before}))
+"""
+
+
+def step_like_page_faults(mode):
+    env = {key: value for key, value in os.environ.items() if key not in ALLOCATOR_VARIABLES}
+    done = subprocess.run([sys.executable, "-c", STEP_LIKE_ALLOCATIONS, mode], capture_output=True, text=True,
+                          env=dict(env, OMP_NUM_THREADS="1"), check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator and page-fault counts")
+def test_freed_blocks_are_reused_instead_of_mapped_again(monkeypatch):
+    """Blocks of tens of MB freed and allocated again, as in every training step: with glibc's defaults each
+    one is mapped afresh (thousands of page faults per step), with ``reuse_freed_memory`` the heap keeps them;
+    a process started with glibc's allocator variables keeps its own setting."""
+    reused = step_like_page_faults("reuse")
+    if not reused["ran"]:
+        pytest.skip("this C library has no mallopt")
+    defaults = step_like_page_faults("defaults")
+    assert defaults["page_faults"] > 20 * 3000 and reused["page_faults"] < defaults["page_faults"] / 5
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "131072")
+    assert reuse_freed_memory() is False

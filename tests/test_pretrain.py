@@ -8,6 +8,7 @@ import torch
 import yaml
 
 from conftest import ROOT, fake_dataset, model_config, tiny_pretrain_config, write_pretrain_dataset
+import recbole_missrec.trainer
 from recbole_missrec.model import MISSRec
 from recbole_missrec.model.layers import item_drop
 from recbole_missrec.model.missrec.views import VIEW_SEQ, VIEW_SEQ_LEN, VIEW_WORD_DROP, pretrain_view
@@ -113,9 +114,12 @@ def test_false_negative_masking_lowers_the_seq_item_loss():
     assert masked_loss < model.calculate_loss(pretrain_batch(target=(5, 5, 2)))["seq_item"]
 
 
-def test_pretraining_end_to_end_writes_periodic_weights_only_checkpoints(tmp_path):
+def test_pretraining_end_to_end_writes_periodic_weights_only_checkpoints(tmp_path, monkeypatch):
     write_pretrain_dataset(tmp_path)
+    allocator_calls = []
+    monkeypatch.setattr(recbole_missrec.trainer, "reuse_freed_memory", lambda: allocator_calls.append(1))
     result = run_recbole_missrec("MISSRec", "pt", config_dict=tiny_pretrain_config(tmp_path, epochs=3, save_step=2))
+    assert allocator_calls == [1]  # the pre-training stage file turns reuse_freed_memory on
     saved = sorted(os.listdir(tmp_path / "saved"))
     assert saved == ["MISSRec-pt-pretrain-2.pth", "MISSRec-pt-pretrain-3.pth"]  # every save_step, plus the last
     checkpoint = load_state(result["checkpoint"])
