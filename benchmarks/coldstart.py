@@ -48,6 +48,7 @@ from new_items import (
     write_derived,
 )
 from recbole_missrec.atomic import atomic_open, atomic_write_json
+from report import read_own_json
 from variants import VARIANTS
 
 BUCKETS = ((0, 0), (1, 4), (5, 9), (10, 19), (20, None))
@@ -130,15 +131,11 @@ def earlier_bucket_results(path):
     their seed), so a run whose checkpoint is gone keeps its figures when seeds are added later."""
     if not os.path.exists(path):
         return {}
-    try:
-        with open(path) as handle:
-            per_run = json.load(handle)["per_run"]
-        return {(variant, result["seed"]): result
-                for variant, results in per_run.items() for result in results if "seed" in result}
-    except (ValueError, KeyError, TypeError, AttributeError) as error:
-        raise SystemExit(f"{path} is not a coldstart_buckets.json written by this script ({error!r}): "
-                         "move it aside and re-run buckets; runs whose checkpoints are gone then need "
-                         "benchmarks/run.py again") from error
+    return read_own_json(
+        path, lambda data: {(variant, result["seed"]): result
+                            for variant, results in data["per_run"].items() for result in results if "seed" in result},
+        "a coldstart_buckets.json written by this script",
+        "move it aside and re-run buckets; runs whose checkpoints are gone then need benchmarks/run.py again")
 
 
 def bucket_result(record, data_path, earlier):

@@ -20,7 +20,7 @@ import os
 from statistics import mean, stdev
 
 from recbole_missrec.atomic import atomic_open, atomic_write_json
-from report import by_variant, load_runs, mean_std
+from report import by_variant, load_runs, mean_std, read_own_json
 
 METRICS = ["hit@10", "ndcg@10", "hit@11", "ndcg@11", "hit@50", "ndcg@50", "ndcg@51"]
 FIGURES = [("best_epoch", "best epoch", "{:.1f}"), ("epochs_run", "epochs run", "{:.1f}"),
@@ -41,14 +41,10 @@ def listed_rows(out):
     """(label, folder, variant) of every row of an earlier comparison written to ``out``."""
     path = os.path.join(out, "comparison.json")
     try:
-        with open(path) as handle:
-            rows = json.load(handle)["rows"]
-        return [(row["label"], row["folder"], row["variant"]) for row in rows]
+        return read_own_json(path, lambda data: [(row["label"], row["folder"], row["variant"]) for row in data["rows"]],
+                             "a comparison.json written by compare.py", "rebuild it with --rows LABEL=FOLDER[:VARIANT] ...")
     except FileNotFoundError:
         raise SystemExit(f"{path} does not exist: build the table once with --rows LABEL=FOLDER[:VARIANT] ...")
-    except (ValueError, KeyError, TypeError) as error:
-        raise SystemExit(f"{path} is not a comparison.json written by compare.py ({error!r}): "
-                         "rebuild it with --rows LABEL=FOLDER[:VARIANT] ...")
 
 
 def row_runs(folder, variant):

@@ -15,13 +15,13 @@ epoch, and for each run against the first over the epochs both ran the mean, sma
 difference and how many of those epochs it leads, ties or trails.
 """
 import argparse
-import json
 import os
 from statistics import mean
 
 import yaml
 
 from recbole_missrec.atomic import atomic_open, atomic_write_json
+from report import read_own_json
 
 OVERALL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "properties", "overall.yaml")
 
@@ -39,22 +39,21 @@ def parse_entry(text):
     return label, path
 
 
+def curve_of(record):
+    """(validation metric, {epoch: score}) of a finished record (its history) or an unfinished one."""
+    if "history" in record:
+        metric = record["config"].get("valid_metric") or default_valid_metric()
+        return metric, {entry["epoch"]: entry["valid_score"] for entry in record["history"] if "valid_score" in entry}
+    return record["valid_metric"], {int(epoch): score for epoch, score in record["valid_score_per_epoch"].items()}
+
+
 def valid_curve(path):
-    """(validation metric, {epoch: score}) of one run record, finished or unfinished."""
+    """The validation metric and curve of the record at ``path``, epochs in order."""
+    records = "<out>/runs/*.json or <out>/unfinished/*.json"
     try:
-        with open(path) as handle:
-            record = json.load(handle)
-        if "history" in record:
-            metric = record["config"].get("valid_metric") or default_valid_metric()
-            scores = {entry["epoch"]: entry["valid_score"] for entry in record["history"] if "valid_score" in entry}
-        else:
-            metric = record["valid_metric"]
-            scores = {int(epoch): score for epoch, score in record["valid_score_per_epoch"].items()}
+        metric, scores = read_own_json(path, curve_of, "a run record of run.py or progress.py", f"name {records}")
     except FileNotFoundError:
-        raise SystemExit(f"{path} does not exist: name a run record, <out>/runs/*.json or <out>/unfinished/*.json")
-    except (ValueError, KeyError, TypeError, AttributeError) as error:
-        raise SystemExit(f"{path} is not a run record of run.py or progress.py ({error!r}): name "
-                         "<out>/runs/*.json or <out>/unfinished/*.json")
+        raise SystemExit(f"{path} does not exist: name a run record, {records}")
     if not scores:
         raise SystemExit(f"{path} holds no validated epoch yet")
     return metric, dict(sorted(scores.items()))

@@ -25,6 +25,17 @@ def epoch_seconds(history):
     return sum(record["train_seconds"] + record.get("valid_seconds", 0.0) for record in history)
 
 
+def read_own_json(path, extract, what, fix):
+    """``extract`` applied to the JSON file at ``path``, one the benchmark scripts wrote. A file that is not
+    ``what`` ends the script naming it and the ``fix`` (nothing is written first); a missing file raises
+    FileNotFoundError, which the caller may allow."""
+    with open(path) as handle:
+        try:
+            return extract(json.load(handle))
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            raise SystemExit(f"{path} is not {what} ({error!r}): {fix}") from error
+
+
 def load_runs(out_dir):
     """The run records of ``out_dir``; records written before they carried ``epoch_seconds`` get it from
     their history."""
