@@ -570,7 +570,7 @@ def test_an_unfinished_run_is_reported_from_its_progress_file(tmp_path):
     assert progress.report(str(work), str(out)) == [] and not (out / "unfinished").exists()
 
 
-def test_curves_compare_finished_and_unfinished_runs_at_equal_epochs(tmp_path, capsys):
+def test_curves_compare_finished_and_unfinished_runs_at_equal_epochs(tmp_path):
     """A finished record (its history) against an unfinished one (progress.py's per-epoch scores), over the
     epochs both ran; records of another validation metric, or not records at all, are refused by name."""
     import curves
