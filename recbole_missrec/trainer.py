@@ -221,8 +221,9 @@ def reuse_freed_memory():
     from the heap, which then holds more at its peak; ``release_freed_memory`` still hands them back at
     each switch between training and evaluation. Measured (README, Cost): pre-training epochs 18-27 %
     shorter for 26-29 % more peak memory; fine-tuning at batch 512 no faster, 12-21 % more memory. Hence a
-    setting (``reuse_freed_memory``), on in MISSRec's pre-training. Left alone where the process was started with glibc's own allocator variables, so an
-    explicit choice (``benchmarks/epoch_cost.py --mmap-threshold``) wins.
+    setting (``reuse_freed_memory``), on in MISSRec's pre-training. Left alone where the process was started
+    with glibc's own allocator variables, so an explicit choice (``benchmarks/epoch_cost.py
+    --mmap-threshold``) wins.
     """
     mallopt = _libc_function("mallopt")
     if mallopt is None or any(name in os.environ for name in ALLOCATOR_VARIABLES):
