@@ -18,18 +18,8 @@ import argparse
 import os
 from statistics import mean
 
-import yaml
-
 from recbole_missrec.atomic import atomic_open, atomic_write_json
-from report import read_own_json
-
-OVERALL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "properties", "overall.yaml")
-
-
-def default_valid_metric():
-    """The plugin's validation metric, which a finished record names only where the sweep overrode it."""
-    with open(OVERALL) as handle:
-        return yaml.safe_load(handle)["valid_metric"]
+from report import protocol_defaults, read_own_json
 
 
 def parse_entry(text):
@@ -41,8 +31,8 @@ def parse_entry(text):
 
 def curve_of(record):
     """(validation metric, {epoch: score}) of a finished record (its history) or an unfinished one."""
-    if "history" in record:
-        metric = record["config"].get("valid_metric") or default_valid_metric()
+    if "history" in record:  # a finished record names the metric only where the sweep overrode it
+        metric = record["config"].get("valid_metric") or protocol_defaults()["valid_metric"]
         return metric, {entry["epoch"]: entry["valid_score"] for entry in record["history"] if "valid_score" in entry}
     return record["valid_metric"], {int(epoch): score for epoch, score in record["valid_score_per_epoch"].items()}
 

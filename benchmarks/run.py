@@ -23,7 +23,7 @@ import yaml
 
 from attributes import can_derive, prepare_working_copy
 from recbole_missrec.atomic import atomic_write_json
-from report import write_reports
+from report import protocol_defaults, write_reports
 from variants import DEFAULT_VARIANTS, VARIANTS, checkpoint_of, expand_variants, parse_checkpoints, run_config
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -80,8 +80,7 @@ def budget_of(args):
     budget = dict(QUICK_BUDGET) if args.quick else {
         "epochs": args.epochs, "stopping_step": args.stopping_step, "s3rec_pretrain_epochs": args.s3rec_pretrain_epochs,
     }
-    with open(os.path.join(os.path.dirname(HERE), "properties", "overall.yaml")) as handle:
-        defaults = yaml.safe_load(handle)
+    defaults = protocol_defaults()
     for key in ("epochs", "stopping_step"):
         if budget[key] is None:
             budget[key] = defaults[key]
