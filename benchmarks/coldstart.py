@@ -48,6 +48,7 @@ from new_items import (
     write_derived,
 )
 from recbole_missrec.atomic import atomic_open, atomic_write_json
+from recbole_missrec.paths import properties_dir
 from report import read_own_json
 from variants import VARIANTS
 
@@ -286,8 +287,6 @@ def sweep_argv(args, name, derived_name, work, sweep_out, variants):
     """benchmarks/run.py's arguments for the derived dataset: the same budget options and checkpoints, the
     source dataset's yaml (properties/dataset/<name>.yaml, found by name in normal runs) before the user's
     files."""
-    from recbole_missrec.config import properties_dir
-
     dataset_yaml = os.path.join(properties_dir(), "dataset", f"{name}.yaml")
     config_files = ([dataset_yaml] if os.path.isfile(dataset_yaml) else []) + args.config_files
     argv = ["--dataset", derived_name, "--data_path", os.path.join(work, "data"), "--models", *variants,

@@ -12,7 +12,8 @@ record ``run.py`` wrote (``<out>/runs/<variant>__seed<N>.json``, its ``history``
 wrote for an unfinished run (``<out>/unfinished/...json``, its ``valid_score_per_epoch``); all must be
 scored by the same validation metric. Writes <out>/curves.json and curves.md: every run's score at every
 epoch, and for each run against the first over the epochs both ran the mean, smallest and largest
-difference and how many of those epochs it leads, ties or trails.
+difference and how many of those epochs it leads, ties or trails. ``--every N`` shortens curves.md for long
+runs: every N-th epoch's row and each run's best and last (curves.json and the differences keep every epoch).
 """
 import argparse
 import os
@@ -60,10 +61,20 @@ def against(curve, reference):
             "trails": sum(delta < 0 for delta in deltas)}
 
 
-def markdown(metric, runs):
+def shown_epochs(runs, every):
+    """Every ``every``-th epoch any run validated, and each run's best and last epoch."""
+    epochs = set().union(*(run["curve"] for run in runs))
+    kept = {epoch for epoch in epochs if epoch % every == 0}
+    for run in runs:
+        kept |= {max(run["curve"], key=run["curve"].get), max(run["curve"])}
+    return sorted(kept)
+
+
+def markdown(metric, runs, every=1):
     labels = [run["label"] for run in runs]
-    epochs = sorted(set().union(*(run["curve"] for run in runs)))
-    lines = [f"Valid {metric} per epoch (`–`: not run).", "",
+    epochs = shown_epochs(runs, every)
+    which = "per epoch" if every == 1 else f"every {every} epochs, with each run's best and last"
+    lines = [f"Valid {metric} {which} (`–`: not run).", "",
              "| epoch | " + " | ".join(labels) + " |", "|" + "---|" * (len(labels) + 1)]
     for epoch in epochs:
         cells = [f"{run['curve'][epoch]:.4f}" if epoch in run["curve"] else "–" for run in runs]
@@ -86,7 +97,11 @@ def main(argv=None):
     parser.add_argument("--runs", nargs="+", required=True, metavar="LABEL=RECORD",
                         help="run records; the first is the reference")
     parser.add_argument("--out", required=True, help="folder for curves.json and curves.md")
+    parser.add_argument("--every", type=int, default=1, metavar="N",
+                        help="curves.md shows every N-th epoch and each run's best and last (default: all)")
     args = parser.parse_args(argv)
+    if args.every < 1:
+        raise SystemExit(f"--every takes a positive number of epochs, got {args.every}")
     if len(args.runs) < 2:
         raise SystemExit("--runs needs at least two records: a reference and a run to compare with it")
     runs, metrics = [], {}
@@ -99,7 +114,7 @@ def main(argv=None):
     for run in runs:
         run["against_first"] = against(run["curve"], runs[0]["curve"])
     metric = next(iter(metrics))
-    text = markdown(metric, runs)
+    text = markdown(metric, runs, args.every)
     os.makedirs(args.out, exist_ok=True)
     atomic_write_json(os.path.join(args.out, "curves.json"), {"valid_metric": metric, "runs": runs}, indent=1)
     with atomic_open(os.path.join(args.out, "curves.md"), "w") as handle:

@@ -35,9 +35,9 @@ from statistics import mean
 
 
 from recbole_missrec.atomic import atomic_open, atomic_write_json
+from recbole_missrec.paths import properties_dir
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-PROPERTIES = os.path.join(os.path.dirname(HERE), "properties")
 EPOCH_LINE = re.compile(r"epoch (\d+) training \[time: ([\d.]+)s")
 EVAL_LINE = re.compile(r"epoch (\d+) evaluating \[time: ([\d.]+)s")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")  # RecBole colours parts of its log lines
@@ -88,7 +88,8 @@ def measure(args):
     if entry == "recbole":
         from recbole.quick_start import run_recbole
 
-        files = [os.path.join(PROPERTIES, "overall.yaml"), os.path.join(PROPERTIES, "dataset", f"{args.dataset}.yaml")]
+        properties = properties_dir()
+        files = [os.path.join(properties, "overall.yaml"), os.path.join(properties, "dataset", f"{args.dataset}.yaml")]
         config["train_neg_sample_args"] = None
         # saved=False: RecBole's checkpoints pickle its Config, and torch >= 2.6 refuses to reload them
         result = run_recbole(model=model, dataset=args.dataset, config_file_list=[f for f in files if os.path.isfile(f)],

@@ -7,8 +7,8 @@ from statistics import mean, stdev
 import yaml
 
 from recbole_missrec.atomic import atomic_open, atomic_write_json
+from recbole_missrec.paths import properties_dir
 
-PROPERTIES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "properties")
 METRIC_COLUMNS = [("hit@10", "HIT@10"), ("ndcg@10", "NDCG@10"), ("hit@50", "HIT@50"), ("ndcg@50", "NDCG@50")]
 FIGURE_COLUMNS = [
     ("best_epoch", "best epoch", "{:.1f}"),
@@ -24,7 +24,7 @@ FIGURE_COLUMNS = [
 
 def protocol_defaults():
     """``properties/overall.yaml``, the protocol every run shares: what a record leaves to its defaults."""
-    with open(os.path.join(PROPERTIES, "overall.yaml")) as handle:
+    with open(os.path.join(properties_dir(), "overall.yaml")) as handle:
         return yaml.safe_load(handle)
 
 

@@ -40,6 +40,7 @@ import time
 from time import perf_counter
 
 from recbole_missrec.atomic import atomic_open, atomic_write_json
+from recbole_missrec.paths import properties_dir
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 HIDDEN = 300  # MISSRec.yaml's hidden_size, used by the scoring model
@@ -196,7 +197,7 @@ def scoring_model(n_items, feature_dim, mode, stores=None):
 
     config = _Config()
     for name in ("overall.yaml", os.path.join("model", "MISSRec.yaml")):
-        with open(os.path.join(os.path.dirname(HERE), "properties", name)) as handle:
+        with open(os.path.join(properties_dir(), name)) as handle:
             config.update(yaml.safe_load(handle))
     config.update(USER_ID_FIELD="user_id", ITEM_ID_FIELD="item_id", LIST_SUFFIX="_list", NEG_PREFIX="neg_",
                   ITEM_LIST_LENGTH_FIELD="item_length", MAX_ITEM_LIST_LENGTH=50, device="cpu",

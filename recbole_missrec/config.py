@@ -16,21 +16,8 @@ import os
 import yaml
 from recbole.config import Config
 
+from recbole_missrec.paths import properties_dir
 from recbole_missrec.utils import get_model, is_plugin_model, stage_kind
-
-_HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def properties_dir():
-    """The plugin's yaml folder: packaged beside this module, or the source tree's top-level one."""
-    for folder in (os.path.join(_HERE, "properties"), os.path.join(os.path.dirname(_HERE), "properties")):
-        if os.path.isfile(os.path.join(folder, "overall.yaml")):
-            return folder
-    raise FileNotFoundError(
-        f"the plugin's yaml files are missing (looked in {_HERE}/properties and the source tree's properties/): "
-        f"reinstall the package with `pip install recbole-missrec` or `pip install -e .` from a checkout"
-    )
-
 
 def plugin_config_files(model_name, dataset, train_stage=None, model_class=None):
     """The plugin's yaml files for a run, lowest priority first; missing ones are skipped.

@@ -598,3 +598,26 @@ def test_curves_compare_finished_and_unfinished_runs_at_equal_epochs(tmp_path):
             curves.main(["--runs", f"a={tmp_path / 'scratch.json'}", f"b={tmp_path / (bad + '.json')}",
                          "--out", str(tmp_path / "refused")])
     assert not (tmp_path / "refused").exists()
+
+
+def test_curves_every_n_shortens_the_table_but_not_the_comparison(tmp_path):
+    """--every 3 keeps epochs 0, 3, 6 and each run's best (4) and last (5, 6); the differences still span every
+    epoch both ran, and a non-positive N is refused before anything is written."""
+    import curves
+
+    reference = {"valid_metric": "NDCG@10", "valid_score_per_epoch": {str(e): 0.01 * e for e in range(7)}}
+    probe = {"valid_metric": "NDCG@10", "valid_score_per_epoch": {"0": 0.0, "1": 0.02, "2": 0.03, "3": 0.03,
+                                                                  "4": 0.05, "5": 0.04}}
+    (tmp_path / "reference.json").write_text(json.dumps(reference))
+    (tmp_path / "probe.json").write_text(json.dumps(probe))
+    runs = [f"reference={tmp_path / 'reference.json'}", f"probe={tmp_path / 'probe.json'}"]
+    curves.main(["--runs", *runs, "--out", str(tmp_path / "out"), "--every", "3"])
+    text = (tmp_path / "out" / "curves.md").read_text()
+    assert [line.split(" | ")[0][2:] for line in text.splitlines() if line[2:3].isdigit()] == ["0", "3", "4", "5", "6"]
+    assert text.startswith("Valid NDCG@10 every 3 epochs, with each run's best and last")
+    assert "| probe | 0-5 | +0.0033 | -0.0100 | +0.0100 | 3 / 2 / 1 |" in text
+    written = json.loads((tmp_path / "out" / "curves.json").read_text())
+    assert sorted(written["runs"][1]["curve"]) == ["0", "1", "2", "3", "4", "5"]
+    with pytest.raises(SystemExit, match="--every takes a positive number"):
+        curves.main(["--runs", *runs, "--out", str(tmp_path / "refused"), "--every", "0"])
+    assert not (tmp_path / "refused").exists()
