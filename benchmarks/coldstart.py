@@ -31,7 +31,6 @@ split.json go to ``--out`` (default benchmarks/results/<dataset>-users<percent>;
 The published papers claim gains on cold-start and long-tail items without a protocol; these are ours.
 """
 import argparse
-import glob
 import json
 import math
 import os
@@ -49,7 +48,7 @@ from new_items import (
 )
 from recbole_missrec.atomic import atomic_open, atomic_write_json
 from recbole_missrec.paths import properties_dir
-from report import read_own_json
+from report import load_runs, read_own_json
 from variants import VARIANTS
 
 BUCKETS = ((0, 0), (1, 4), (5, 9), (10, 19), (20, None))
@@ -225,14 +224,10 @@ def plot(table, path, title):
 
 
 def run_buckets(args):
-    records = []
-    for path in sorted(glob.glob(os.path.join(args.results, "runs", "*.json"))):
-        with open(path) as handle:
-            record = json.load(handle)
-        if (record.get("status") == "ok" and record.get("checkpoint")
-                and (not args.models or record["variant"] in args.models)
-                and (not args.seeds or record["seed"] in args.seeds)):
-            records.append(record)
+    records = [record for record in load_runs(args.results)
+               if record.get("status") == "ok" and record.get("checkpoint")
+               and (not args.models or record["variant"] in args.models)
+               and (not args.seeds or record["seed"] in args.seeds)]
     if not records:
         raise SystemExit(f"no finished run with a checkpoint in {args.results}/runs (re-run benchmarks/run.py)")
     earlier = earlier_bucket_results(os.path.join(args.results, "coldstart_buckets.json"))

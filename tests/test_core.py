@@ -19,7 +19,6 @@ from conftest import ROOT, tiny_run_config, write_benchmark_dataset
 from recbole_missrec import paths
 from recbole_missrec.config import PluginConfig
 from recbole_missrec.model import MISSRec
-from recbole_missrec.paths import properties_dir
 from recbole_missrec.quick_start import load_data_and_model, run_recbole_missrec
 from recbole_missrec.trainer import (ALLOCATOR_VARIABLES, CheckpointError, PluginTrainer, PretrainTrainer, load_state,
                                     release_freed_memory, reuse_freed_memory)
@@ -66,17 +65,17 @@ def test_the_plugin_yaml_ships_inside_the_package(tmp_path):
 
 
 def test_the_yaml_folder_is_found_packaged_first_then_in_the_source_tree(tmp_path, monkeypatch):
-    assert properties_dir() == os.path.join(ROOT, "properties")  # this checkout: the source tree's folder
+    assert paths.properties_dir() == os.path.join(ROOT, "properties")  # this checkout: the source tree's folder
     package = tmp_path / "site" / "recbole_missrec"
     (package / "properties").mkdir(parents=True)
     (package / "properties" / "overall.yaml").write_text("topk: [10]\n")
     (tmp_path / "site" / "properties").mkdir()
     (tmp_path / "site" / "properties" / "overall.yaml").write_text("topk: [5]\n")
     monkeypatch.setattr(paths, "_HERE", str(package))
-    assert properties_dir() == str(package / "properties")  # a wheel's copy wins over a stray folder above it
+    assert paths.properties_dir() == str(package / "properties")  # a wheel's copy wins over a stray folder above it
     monkeypatch.setattr(paths, "_HERE", str(tmp_path / "empty" / "recbole_missrec"))
     with pytest.raises(FileNotFoundError, match="yaml files are missing.*pip install -e ."):
-        properties_dir()
+        paths.properties_dir()
 
 
 def test_stages_are_found_by_name():
