@@ -48,7 +48,7 @@ from new_items import (
 )
 from recbole_missrec.atomic import atomic_open, atomic_write_json
 from recbole_missrec.paths import properties_dir
-from report import load_runs, read_own_json
+from report import json_object, load_runs, read_own_json
 from variants import VARIANTS
 
 BUCKETS = ((0, 0), (1, 4), (5, 9), (10, 19), (20, None))
@@ -269,8 +269,8 @@ def settle_split(path, record, keys=("holdout", "split_seed", "held_out")):
     """Write the split record, or check that the one already there (from earlier runs of this sweep) is the
     same split (equal ``keys``): the trained runs belong to it."""
     if os.path.isfile(path):
-        with open(path) as handle:
-            earlier = json.load(handle)
+        earlier = read_own_json(path, json_object, "a split record of coldstart.py",
+                                "choose another output folder and --work (its runs belong to an unknown split)")
         if any(earlier.get(key) != record[key] for key in keys):
             recorded = ", ".join(f"{key} {earlier.get(key)}" for key in keys[:2])
             raise SystemExit(f"{path} records another split ({recorded}): its runs were trained on other "

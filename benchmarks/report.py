@@ -45,13 +45,21 @@ def read_own_json(path, extract, what, fix):
             raise SystemExit(f"{path} is not {what} ({error!r}): {fix}") from error
 
 
+def json_object(data):
+    """``data`` when it is a JSON object; TypeError otherwise, which ``read_own_json`` turns into its message
+    (a file holding a list or a number would otherwise fail later, far from its name)."""
+    if not isinstance(data, dict):
+        raise TypeError(f"expected a JSON object, found {type(data).__name__}")
+    return data
+
+
 def load_runs(out_dir):
     """The run records of ``out_dir``; records written before they carried ``epoch_seconds`` get it from
     their history."""
     runs = []
     for path in sorted(glob.glob(os.path.join(out_dir, "runs", "*.json"))):
-        with open(path) as handle:
-            run = json.load(handle)
+        run = read_own_json(path, json_object, "a run record of run.py",
+                            "restore it from git, or delete it and run the sweep again (that run is retrained)")
         if "epoch_seconds" not in run and run.get("history"):
             run["epoch_seconds"] = epoch_seconds(run["history"])
         runs.append(run)

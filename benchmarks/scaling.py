@@ -41,6 +41,7 @@ from time import perf_counter
 
 from recbole_missrec.atomic import atomic_open, atomic_write_json
 from recbole_missrec.paths import properties_dir
+from report import json_object, read_own_json
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 HIDDEN = 300  # MISSRec.yaml's hidden_size, used by the scoring model
@@ -337,8 +338,8 @@ def previous_results(path, settings):
     (``--parts``) keeps the others' rows; nothing when the file is absent or its sizes differ."""
     if not os.path.isfile(path):
         return {}
-    with open(path) as handle:
-        earlier = json.load(handle)
+    earlier = read_own_json(path, json_object, "a results file of scaling.py",
+                            "restore it from git, or delete it and measure every part again")
     shared = set(settings) & set(earlier.get("settings", {})) - {"threads"}
     same = all(settings[key] == earlier["settings"][key] for key in shared)
     return {part: rows for part, rows in earlier.items() if part in PARTS} if same else {}

@@ -3,6 +3,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -621,3 +622,29 @@ def test_curves_every_n_shortens_the_table_but_not_the_comparison(tmp_path):
     with pytest.raises(SystemExit, match="--every takes a positive number"):
         curves.main(["--runs", *runs, "--out", str(tmp_path / "refused"), "--every", "0"])
     assert not (tmp_path / "refused").exists()
+
+
+@pytest.mark.parametrize("content", ["{\"status\": \"ok\"", "[1, 2]"])
+def test_the_scripts_own_records_when_corrupt_end_naming_the_file_and_the_fix(tmp_path, content):
+    """A truncated or foreign JSON file where a script expects its own record (run record, split record,
+    scaling results) ends the script with the file's name and what to do, and stays on disk as it was."""
+    import coldstart
+    import run
+    import scaling
+    from report import load_runs
+
+    (tmp_path / "runs").mkdir()
+    record = tmp_path / "runs" / "SASRec__seed1.json"
+    record.write_text(content)
+    readers = [
+        (lambda: run.finished(str(record)), "is not a run record of run.py .*delete it and run again"),
+        (lambda: load_runs(str(tmp_path)), "is not a run record of run.py .*run the sweep again"),
+        (lambda: coldstart.settle_split(str(record), {"holdout": 0.2, "split_seed": 1, "held_out": []}),
+         "is not a split record of coldstart.py .*choose another output folder"),
+        (lambda: scaling.previous_results(str(record), {"threads": 1}),
+         "is not a results file of scaling.py .*measure every part again"),
+    ]
+    for read, message in readers:
+        with pytest.raises(SystemExit, match=f"{re.escape(str(record))}.*{message}"):
+            read()
+    assert record.read_text() == content
