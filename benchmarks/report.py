@@ -53,13 +53,18 @@ def json_object(data):
     return data
 
 
+def read_run_record(path):
+    """The run record at ``path``, one run.py wrote; a corrupt one ends the script naming it."""
+    return read_own_json(path, json_object, "a run record of run.py",
+                         "restore it from git, or delete it and run the sweep again (that run is retrained)")
+
+
 def load_runs(out_dir):
     """The run records of ``out_dir``; records written before they carried ``epoch_seconds`` get it from
     their history."""
     runs = []
     for path in sorted(glob.glob(os.path.join(out_dir, "runs", "*.json"))):
-        run = read_own_json(path, json_object, "a run record of run.py",
-                            "restore it from git, or delete it and run the sweep again (that run is retrained)")
+        run = read_run_record(path)
         if "epoch_seconds" not in run and run.get("history"):
             run["epoch_seconds"] = epoch_seconds(run["history"])
         runs.append(run)

@@ -23,7 +23,7 @@ import yaml
 
 from attributes import can_derive, prepare_working_copy
 from recbole_missrec.atomic import atomic_write_json
-from report import json_object, protocol_defaults, read_own_json, write_reports
+from report import protocol_defaults, read_run_record, write_reports
 from variants import DEFAULT_VARIANTS, VARIANTS, checkpoint_of, expand_variants, parse_checkpoints, run_config
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -111,8 +111,7 @@ def finished(path):
     """The record at ``path`` if that run finished successfully (failed runs are retried)."""
     if not os.path.isfile(path):
         return None
-    record = read_own_json(path, json_object, "a run record of run.py",
-                           "restore it from git, or delete it and run again (that run is retrained)")
+    record = read_run_record(path)
     return record if record.get("status") == "ok" else None
 
 

@@ -637,7 +637,7 @@ def test_the_scripts_own_records_when_corrupt_end_naming_the_file_and_the_fix(tm
     record = tmp_path / "runs" / "SASRec__seed1.json"
     record.write_text(content)
     readers = [
-        (lambda: run.finished(str(record)), "is not a run record of run.py .*delete it and run again"),
+        (lambda: run.finished(str(record)), "is not a run record of run.py .*run the sweep again"),
         (lambda: load_runs(str(tmp_path)), "is not a run record of run.py .*run the sweep again"),
         (lambda: coldstart.settle_split(str(record), {"holdout": 0.2, "split_seed": 1, "held_out": []}),
          "is not a split record of coldstart.py .*choose another output folder"),
