@@ -91,15 +91,20 @@ def target_ranks(model, test_data, device):
     return torch.cat(greater), torch.cat(ties), torch.cat(targets)
 
 
-def metrics_at_k(ranks, ties=None):
-    """HIT/NDCG@K of 0-based ranks; with ``ties`` (others scored as the target) the expectation over a
-    uniformly random order of the tied items: the target's rank is then uniform on ranks..ranks+ties."""
+def row_metrics_at_k(ranks, ties=None):
+    """Per row, HIT@K and NDCG@K ([N] each) of 0-based ranks; with ``ties`` (others scored as the target)
+    the expectation over a uniformly random order of the tied items: the target's rank is then uniform on
+    ranks..ranks+ties."""
     ties = torch.zeros_like(ranks) if ties is None else ties
     discount = torch.cat([torch.zeros(1), (1 / torch.log2(torch.arange(K, dtype=torch.float) + 2)).cumsum(0)])
     first, past = ranks.clamp(max=K), (ranks + ties + 1).clamp(max=K)  # positions first..past-1 are in the top K
     spread = (ties + 1).float()
-    hit = (past - first).float() / spread
-    ndcg = (discount[past] - discount[first]) / spread
+    return (past - first).float() / spread, (discount[past] - discount[first]) / spread
+
+
+def metrics_at_k(ranks, ties=None):
+    """HIT/NDCG@K over the rows (``row_metrics_at_k``, averaged)."""
+    hit, ndcg = row_metrics_at_k(ranks, ties)
     return {"hit@10": hit.mean().item(), "ndcg@10": ndcg.mean().item(), "rows": int(ranks.numel())}
 
 

@@ -424,6 +424,53 @@ def test_training_counts_count_each_interaction_once():
     assert tied["ndcg@10"] == pytest.approx((1 / math.log2(10) + 1 / math.log2(11)) / 4)
 
 
+def test_paired_comparison_scores_the_same_rows_and_refuses_different_ones():
+    """A gap of one seed each is judged on the users both runs share: per-row differences, their standard
+    error and p-value; runs scored on different rows cannot be paired."""
+    import coldstart
+    import paired
+
+    first = torch.tensor([1.0, 0.0, 0.5, 0.0])
+    second = torch.tensor([1.0, 1.0, 0.5, 0.25])
+    result = paired.paired_difference(first, second)  # differences 0, 1, 0, 0.25
+    error = torch.tensor([0.0, 1.0, 0.0, 0.25], dtype=torch.float64).std().item() / 2
+    assert result["mean"] == pytest.approx(0.3125) and result["stderr"] == pytest.approx(error)
+    assert result["low"] == pytest.approx(0.3125 - 1.96 * error) and (result["better"], result["worse"]) == (2, 0)
+    assert result["p"] == pytest.approx(math.erfc(0.3125 / error / math.sqrt(2)))
+    assert paired.paired_difference(first, first)["p"] == 1.0
+    ranks_a, ranks_b = torch.tensor([0, 12, 3]), torch.tensor([1, 0, 3])
+    targets = torch.tensor([4, 5, 6])
+    rows = [(targets, dict(zip(paired.METRICS, coldstart.row_metrics_at_k(ranks)))) for ranks in (ranks_a, ranks_b)]
+    result = paired.compare(*rows)
+    assert result["hit@10"]["mean"] == pytest.approx(1 / 3) and result["hit@10"]["first"] == pytest.approx(2 / 3)
+    assert result["ndcg@10"]["mean"] == pytest.approx((1 / math.log2(3) - 1 + 1) / 3)
+    with pytest.raises(SystemExit, match="same test rows"):
+        paired.compare(rows[0], (torch.tensor([4, 5, 7]), rows[1][1]))
+    assert f"| NDCG@10 | {(1 + 1 / math.log2(5)) / 3:.4f} |" in paired.markdown(["a", "b"], result)
+
+
+def test_paired_script_writes_its_table_from_two_run_records(tmp_path, monkeypatch):
+    """End to end below the model: two records in, paired.json and paired.md out; a gone checkpoint is named."""
+    import paired
+
+    records = []
+    for name in ("a", "b"):
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({"checkpoint": str(tmp_path / f"{name}.pth")}))
+        records.append(f"{name}={path}")
+    with pytest.raises(SystemExit, match="different labels"):
+        paired.main(["--runs", records[0], records[0], "--data_path", str(tmp_path), "--out", str(tmp_path / "out")])
+    with pytest.raises(SystemExit, match="a.pth.*is gone"):
+        paired.main(["--runs", *records, "--data_path", str(tmp_path), "--out", str(tmp_path / "out")])
+    rows = {str(tmp_path / "a.pth"): torch.tensor([0.0, 1.0]), str(tmp_path / "b.pth"): torch.tensor([1.0, 1.0])}
+    monkeypatch.setattr(paired, "row_figures", lambda record, data_path: (
+        torch.tensor([3, 4]), {key: rows[record["checkpoint"]] for key in paired.METRICS}))
+    paired.main(["--runs", *records, "--data_path", str(tmp_path), "--out", str(tmp_path / "out")])
+    written = json.loads((tmp_path / "out" / "paired.json").read_text())
+    assert written["metrics"]["ndcg@10"]["mean"] == pytest.approx(0.5) and written["runs"]["b"].endswith("b.json")
+    assert "| HIT@10 | 0.5000 | 1.0000 | +0.5000 |" in (tmp_path / "out" / "paired.md").read_text()
+
+
 def test_bucket_table_shows_no_spread_for_a_single_seed():
     """One seed has no std: '± 0.0000' beside it would read as a measured, perfectly stable mean."""
     import torch

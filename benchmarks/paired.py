@@ -1,0 +1,104 @@
+"""Is a gap between two runs real? A paired comparison over the same test users.
+
+    python benchmarks/paired.py --data_path /work/data \\
+        --runs "scratch=benchmarks/results/converged/toy-text-scratch-moe-run2/runs/MISSRec-inductive__seed1.json" \\
+               "pre-trained=benchmarks/results/converged/toy-text-moe-full-pt10/runs/MISSRec-inductive+pretrained__seed1.json" \\
+        --out benchmarks/results/converged/toy-text-moe-paired
+
+Seed stds say how much a run moves with its seed; they do not say whether two checkpoints differ on the
+users at hand. Both runs' checkpoints are reloaded, every test row is ranked against all items
+(``coldstart.target_ranks``, ties as a random order), and the per-row HIT@10 and NDCG@10 of the second run
+minus the first's give a mean difference, its standard error, a 95 % interval and a two-sided p-value (the
+normal approximation of the paired t-test: thousands of rows). RecBole reports only means, so the per-row
+figures are computed here. Both runs must be scored on the same rows (same dataset and split); the script
+checks the targets match. Writes <out>/paired.json and paired.md.
+"""
+import argparse
+import math
+import os
+
+import torch
+
+from coldstart import row_metrics_at_k, target_ranks
+from recbole_missrec.atomic import atomic_open, atomic_write_json
+from report import read_run_record
+
+METRICS = ("hit@10", "ndcg@10")
+
+
+def parse_run(text):
+    label, separator, path = text.partition("=")
+    if not separator or not label:
+        raise SystemExit(f"--runs takes LABEL=RUN_RECORD.json, got {text!r}")
+    return label, path
+
+
+def row_figures(record, data_path):
+    """(targets [N], {metric: per-row values [N]}) of one finished run's checkpoint on its test rows."""
+    from recbole_missrec.quick_start import load_data_and_model
+
+    if not os.path.exists(record.get("checkpoint", "")):
+        raise SystemExit(f"checkpoint {record.get('checkpoint')!r} of this run is gone: rerun it with "
+                         "benchmarks/run.py (the same --work folder resumes it) before comparing")
+    config, model, _, _, _, test_data = load_data_and_model(
+        record["checkpoint"], data_path=data_path, config_dict={"show_progress": False, "state": "WARNING"})
+    ranks, ties, targets = target_ranks(model, test_data, config["device"])
+    return targets, dict(zip(METRICS, row_metrics_at_k(ranks, ties)))
+
+
+def paired_difference(first, second):
+    """Mean of ``second - first`` over paired rows, its standard error, 95 % interval, two-sided p-value."""
+    delta = (second - first).double()
+    n = delta.numel()
+    mean = delta.mean().item()
+    error = delta.std(unbiased=True).item() / math.sqrt(n) if n > 1 else float("nan")
+    z = mean / error if error > 0 else (0.0 if mean == 0 else math.copysign(math.inf, mean))
+    return {"mean": mean, "stderr": error, "low": mean - 1.96 * error, "high": mean + 1.96 * error,
+            "p": math.erfc(abs(z) / math.sqrt(2)), "rows": n,
+            "better": int((delta > 0).sum()), "worse": int((delta < 0).sum())}
+
+
+def compare(first, second):
+    """{metric: means of both and their paired difference} of two (targets, rows) pairs."""
+    (targets_a, rows_a), (targets_b, rows_b) = first, second
+    if not torch.equal(targets_a, targets_b):
+        raise SystemExit("the two runs were not scored on the same test rows: compare runs of one dataset and split")
+    return {key: {"first": rows_a[key].mean().item(), "second": rows_b[key].mean().item(),
+                  **paired_difference(rows_a[key], rows_b[key])} for key in METRICS}
+
+
+def markdown(labels, result):
+    lines = [f"Paired over the same test rows: {labels[1]} minus {labels[0]}.", "",
+             f"| metric | {labels[0]} | {labels[1]} | difference | 95 % interval | p | rows better / worse / equal |",
+             "|---|---|---|---|---|---|---|"]
+    for key, row in result.items():
+        equal = row["rows"] - row["better"] - row["worse"]
+        lines.append(f"| {key.upper()} | {row['first']:.4f} | {row['second']:.4f} | {row['mean']:+.4f} "
+                     f"| {row['low']:+.4f} to {row['high']:+.4f} | {row['p']:.3f} "
+                     f"| {row['better']} / {row['worse']} / {equal} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", nargs=2, required=True, metavar="LABEL=RUN_RECORD.json")
+    parser.add_argument("--data_path", required=True)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    runs = [parse_run(text) for text in args.runs]
+    if runs[0][0] == runs[1][0]:
+        raise SystemExit(f"--runs: give the two runs different labels, both are {runs[0][0]!r}")
+    figures = [row_figures(read_run_record(path), args.data_path) for _, path in runs]
+    result = compare(*figures)
+    labels = [label for label, _ in runs]
+    os.makedirs(args.out, exist_ok=True)
+    atomic_write_json(os.path.join(args.out, "paired.json"),
+                      {"runs": dict(runs), "metrics": result})
+    text = markdown(labels, result)
+    with atomic_open(os.path.join(args.out, "paired.md"), "w", encoding="utf-8") as handle:
+        handle.write(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
