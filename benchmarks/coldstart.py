@@ -118,12 +118,18 @@ def bucket_metrics(ranks, counts, ties=None):
     return out
 
 
-def evaluate_run(record, data_path):
-    """Bucket metrics of one finished run (its checkpoint reloaded)."""
+def reload_run(record, data_path):
+    """(config, model, dataset, train_data, test_data) of one finished run, reloaded quietly from its checkpoint."""
     from recbole_missrec.quick_start import load_data_and_model
 
     config, model, dataset, train_data, _, test_data = load_data_and_model(
         record["checkpoint"], data_path=data_path, config_dict={"show_progress": False, "state": "WARNING"})
+    return config, model, dataset, train_data, test_data
+
+
+def evaluate_run(record, data_path):
+    """Bucket metrics of one finished run (its checkpoint reloaded)."""
+    config, model, dataset, train_data, test_data = reload_run(record, data_path)
     counts = training_counts(train_data.dataset, dataset.item_num)
     ranks, ties, targets = target_ranks(model, test_data, config["device"])
     result = bucket_metrics(ranks, counts[targets], ties)

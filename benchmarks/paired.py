@@ -19,7 +19,7 @@ import os
 
 import torch
 
-from coldstart import row_metrics_at_k, target_ranks
+from coldstart import reload_run, row_metrics_at_k, target_ranks
 from recbole_missrec.atomic import atomic_open, atomic_write_json
 from report import read_run_record
 
@@ -35,13 +35,10 @@ def parse_run(text):
 
 def row_figures(record, data_path):
     """(targets [N], {metric: per-row values [N]}) of one finished run's checkpoint on its test rows."""
-    from recbole_missrec.quick_start import load_data_and_model
-
     if not os.path.exists(record.get("checkpoint", "")):
         raise SystemExit(f"checkpoint {record.get('checkpoint')!r} of this run is gone: rerun it with "
                          "benchmarks/run.py (the same --work folder resumes it) before comparing")
-    config, model, _, _, _, test_data = load_data_and_model(
-        record["checkpoint"], data_path=data_path, config_dict={"show_progress": False, "state": "WARNING"})
+    config, model, _, _, test_data = reload_run(record, data_path)
     ranks, ties, targets = target_ranks(model, test_data, config["device"])
     return targets, dict(zip(METRICS, row_metrics_at_k(ranks, ties)))
 
