@@ -12,6 +12,11 @@ minus the first's give a mean difference, its standard error, a 95 % interval an
 normal approximation of the paired t-test: thousands of rows). RecBole reports only means, so the per-row
 figures are computed here. Both runs must be scored on the same rows (same dataset and split); the script
 checks the targets match. Writes <out>/paired.json and paired.md.
+
+A label may name several runs, one per seed (``"scratch=seed1.json,seed2.json,seed3.json"``): each row's
+figures are then the mean over that label's runs before the difference is taken, so the seeds' noise
+shrinks the way the users' does. The interval is still over users, for these seeds: it says whether the
+seed-averaged models differ on these users, not how a fourth seed would fall (the seed std says that).
 """
 import argparse
 import math
@@ -27,10 +32,12 @@ METRICS = ("hit@10", "ndcg@10")
 
 
 def parse_run(text):
-    label, separator, path = text.partition("=")
-    if not separator or not label:
-        raise SystemExit(f"--runs takes LABEL=RUN_RECORD.json, got {text!r}")
-    return label, path
+    """``LABEL=A.json[,B.json...]`` -> (label, [paths])."""
+    label, separator, paths = text.partition("=")
+    paths = [path for path in paths.split(",") if path]
+    if not separator or not label or not paths:
+        raise SystemExit(f"--runs takes LABEL=RUN_RECORD.json[,RUN_RECORD.json...], got {text!r}")
+    return label, paths
 
 
 def row_figures(record, data_path):
@@ -41,6 +48,18 @@ def row_figures(record, data_path):
     config, model, _, _, test_data = reload_run(record, data_path)
     ranks, ties, targets = target_ranks(model, test_data, config["device"])
     return targets, dict(zip(METRICS, row_metrics_at_k(ranks, ties)))
+
+
+def seed_mean(figures):
+    """One (targets, rows) pair of several runs' (targets, rows): each row's figures averaged over the runs."""
+    targets = figures[0][0]
+    same_rows(targets, *(other for other, _ in figures[1:]))
+    return targets, {key: torch.stack([rows[key] for _, rows in figures]).mean(dim=0) for key in METRICS}
+
+
+def same_rows(targets, *others):
+    if not all(torch.equal(targets, other) for other in others):
+        raise SystemExit("the runs were not scored on the same test rows: compare runs of one dataset and split")
 
 
 def paired_difference(first, second):
@@ -58,14 +77,14 @@ def paired_difference(first, second):
 def compare(first, second):
     """{metric: means of both and their paired difference} of two (targets, rows) pairs."""
     (targets_a, rows_a), (targets_b, rows_b) = first, second
-    if not torch.equal(targets_a, targets_b):
-        raise SystemExit("the two runs were not scored on the same test rows: compare runs of one dataset and split")
+    same_rows(targets_a, targets_b)
     return {key: {"first": rows_a[key].mean().item(), "second": rows_b[key].mean().item(),
                   **paired_difference(rows_a[key], rows_b[key])} for key in METRICS}
 
 
-def markdown(labels, result):
-    lines = [f"Paired over the same test rows: {labels[1]} minus {labels[0]}.", "",
+def markdown(labels, result, seeds=(1, 1)):
+    averaged = "" if seeds == (1, 1) else f" Each row's figures are the mean over {seeds[0]} and {seeds[1]} runs."
+    lines = [f"Paired over the same test rows: {labels[1]} minus {labels[0]}.{averaged}", "",
              f"| metric | {labels[0]} | {labels[1]} | difference | 95 % interval | p | rows better / worse / equal |",
              "|---|---|---|---|---|---|---|"]
     for key, row in result.items():
@@ -78,20 +97,21 @@ def markdown(labels, result):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", nargs=2, required=True, metavar="LABEL=RUN_RECORD.json")
+    parser.add_argument("--runs", nargs=2, required=True, metavar="LABEL=RUN_RECORD.json[,RUN_RECORD.json...]")
     parser.add_argument("--data_path", required=True)
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     runs = [parse_run(text) for text in args.runs]
     if runs[0][0] == runs[1][0]:
         raise SystemExit(f"--runs: give the two runs different labels, both are {runs[0][0]!r}")
-    figures = [row_figures(read_run_record(path), args.data_path) for _, path in runs]
+    figures = [seed_mean([row_figures(read_run_record(path), args.data_path) for path in paths])
+               for _, paths in runs]
     result = compare(*figures)
     labels = [label for label, _ in runs]
     os.makedirs(args.out, exist_ok=True)
     atomic_write_json(os.path.join(args.out, "paired.json"),
                       {"runs": dict(runs), "metrics": result})
-    text = markdown(labels, result)
+    text = markdown(labels, result, tuple(len(paths) for _, paths in runs))
     with atomic_open(os.path.join(args.out, "paired.md"), "w", encoding="utf-8") as handle:
         handle.write(text)
     print(text)

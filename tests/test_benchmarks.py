@@ -450,25 +450,40 @@ def test_paired_comparison_scores_the_same_rows_and_refuses_different_ones():
 
 
 def test_paired_script_writes_its_table_from_two_run_records(tmp_path, monkeypatch):
-    """End to end below the model: two records in, paired.json and paired.md out; a gone checkpoint is named."""
+    """End to end below the model: two records in, paired.json and paired.md out; a gone checkpoint is named;
+    a label with several seeds' records is scored on each row's mean over them."""
     import paired
 
     records = []
-    for name in ("a", "b"):
+    for name in ("a", "b", "c"):
         path = tmp_path / f"{name}.json"
         path.write_text(json.dumps({"checkpoint": str(tmp_path / f"{name}.pth")}))
         records.append(f"{name}={path}")
     with pytest.raises(SystemExit, match="different labels"):
         paired.main(["--runs", records[0], records[0], "--data_path", str(tmp_path), "--out", str(tmp_path / "out")])
     with pytest.raises(SystemExit, match="a.pth.*is gone"):
-        paired.main(["--runs", *records, "--data_path", str(tmp_path), "--out", str(tmp_path / "out")])
-    rows = {str(tmp_path / "a.pth"): torch.tensor([0.0, 1.0]), str(tmp_path / "b.pth"): torch.tensor([1.0, 1.0])}
+        paired.main(["--runs", *records[:2], "--data_path", str(tmp_path), "--out", str(tmp_path / "out")])
+    rows = {str(tmp_path / "a.pth"): torch.tensor([0.0, 1.0]), str(tmp_path / "b.pth"): torch.tensor([1.0, 1.0]),
+            str(tmp_path / "c.pth"): torch.tensor([1.0, 0.0])}
     monkeypatch.setattr(paired, "row_figures", lambda record, data_path: (
         torch.tensor([3, 4]), {key: rows[record["checkpoint"]] for key in paired.METRICS}))
-    paired.main(["--runs", *records, "--data_path", str(tmp_path), "--out", str(tmp_path / "out")])
+    paired.main(["--runs", *records[:2], "--data_path", str(tmp_path), "--out", str(tmp_path / "out")])
     written = json.loads((tmp_path / "out" / "paired.json").read_text())
-    assert written["metrics"]["ndcg@10"]["mean"] == pytest.approx(0.5) and written["runs"]["b"].endswith("b.json")
+    assert written["metrics"]["ndcg@10"]["mean"] == pytest.approx(0.5) and written["runs"]["b"][0].endswith("b.json")
     assert "| HIT@10 | 0.5000 | 1.0000 | +0.5000 |" in (tmp_path / "out" / "paired.md").read_text()
+    seeds = records[1] + "," + records[2].partition("=")[2]  # b's rows [1, 1] and c's [1, 0]: mean [1, 0.5]
+    paired.main(["--runs", records[0], seeds, "--data_path", str(tmp_path), "--out", str(tmp_path / "out")])
+    written = json.loads((tmp_path / "out" / "paired.json").read_text())
+    assert written["metrics"]["hit@10"]["second"] == pytest.approx(0.75) and len(written["runs"]["b"]) == 2
+    assert written["metrics"]["hit@10"]["mean"] == pytest.approx(0.25)
+    assert "mean over 1 and 2 runs" in (tmp_path / "out" / "paired.md").read_text()
+    with pytest.raises(SystemExit, match="RUN_RECORD.json\\[,"):
+        paired.main(["--runs", records[0], "b=", "--data_path", str(tmp_path), "--out", str(tmp_path / "out")])
+    monkeypatch.setattr(paired, "row_figures", lambda record, data_path: (
+        torch.tensor([3, 4 if record["checkpoint"].endswith("b.pth") else 5]), {key: rows[record["checkpoint"]]
+                                                                               for key in paired.METRICS}))
+    with pytest.raises(SystemExit, match="same test rows"):
+        paired.main(["--runs", records[0], seeds, "--data_path", str(tmp_path), "--out", str(tmp_path / "out")])
 
 
 def test_bucket_table_shows_no_spread_for_a_single_seed():
