@@ -50,16 +50,17 @@ def row_figures(record, data_path):
     return targets, dict(zip(METRICS, row_metrics_at_k(ranks, ties)))
 
 
+def same_rows(targets, *others):
+    """Pairing is per row: every run must have ranked the same targets in the same order."""
+    if not all(torch.equal(targets, other) for other in others):
+        raise SystemExit("the runs were not scored on the same test rows: compare runs of one dataset and split")
+
+
 def seed_mean(figures):
     """One (targets, rows) pair of several runs' (targets, rows): each row's figures averaged over the runs."""
     targets = figures[0][0]
     same_rows(targets, *(other for other, _ in figures[1:]))
     return targets, {key: torch.stack([rows[key] for _, rows in figures]).mean(dim=0) for key in METRICS}
-
-
-def same_rows(targets, *others):
-    if not all(torch.equal(targets, other) for other in others):
-        raise SystemExit("the runs were not scored on the same test rows: compare runs of one dataset and split")
 
 
 def paired_difference(first, second):
