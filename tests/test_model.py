@@ -70,11 +70,19 @@ def test_fusion_with_zero_factor_is_the_static_mean():
 
 
 def test_fusion_ignores_a_missing_modality():
-    cos = torch.tensor([[[0.2, 0.4]], [[0.9, -0.5]]])  # [M=2, B=1, C=2]
-    present = torch.tensor([[[True, True]], [[False, True]]])
+    cos = torch.tensor([[[0.2, 0.4], [-0.3, 0.1]], [[0.9, -0.5], [0.6, 0.7]]])  # [M=2, B=2, C=2]
+    present = torch.tensor([[[True, True]], [[False, True]]])  # [M, 1, C]: one row per item, every sequence
     for factor in (None, torch.tensor(0.0), torch.tensor(3.0)):
         fused = fuse_modalities(cos, present, factor)
-        assert fused[0, 0].item() == pytest.approx(0.2)  # only the text cosine counts
+        assert fused.shape == (2, 2)
+        assert fused[:, 0].tolist() == pytest.approx([0.2, -0.3])  # only the text cosine counts, in every row
+    assert fuse_modalities(cos, present, None)[:, 1].tolist() == pytest.approx([-0.05, 0.4])  # both, averaged
+
+
+def test_fusion_of_one_modality_is_its_cosine():
+    cos = torch.randn(1, 3, 5)  # [M=1, B, C]
+    fused = fuse_modalities(cos, torch.ones(1, 1, 5, dtype=torch.bool))
+    assert torch.equal(fused, cos[0])
 
 
 def test_transductive_mix_is_id_plus_twice_modal_over_three():

@@ -13,8 +13,13 @@ def fuse_modalities(cos, present, factor=None):
 
     The softmax over the M modalities is written out over the leading axis, so every operation runs on
     whole [...] slabs; at M = 2 this is several times faster than ``torch.softmax(dim=-1)`` on [..., 2].
+    ``present`` is not expanded: static weights are computed once per item and broadcast over the rows.
+    With one modality the fused score is its cosine, returned as is: every item has at least one present
+    modality (``modality_presence``), so its weight is exactly 1, and the passes over [B, C] that would
+    multiply by it cost about a tenth of a text-only training step on 12k items.
     """
-    present = present.expand_as(cos)
+    if cos.shape[0] == 1:
+        return cos[0]
     if factor is None:
         weights = presence_weights(present, cos.dtype, dim=0)
     else:
