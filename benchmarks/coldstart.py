@@ -2,6 +2,7 @@
 
     python benchmarks/coldstart.py buckets --results benchmarks/results/Scientific
     python benchmarks/coldstart.py new-items --dataset Scientific --data_path data --seeds 1 2 3
+    python benchmarks/coldstart.py targets --dataset Scientific --data_path data --results benchmarks/results/Scientific
 
 ``buckets`` (protocol a): every finished run of a ``benchmarks/run.py`` sweep is reloaded from its
 checkpoint (``load_data_and_model``), its test rows are ranked against all items, and HIT/NDCG@10 are
@@ -27,6 +28,14 @@ kept, validation and test rows of every user are not touched, so each run is sco
 rows; the models (with ``--pretrained`` checkpoints, their pre-trained twins) are trained by
 ``benchmarks/run.py`` on the derived dataset ``<dataset>-users<percent>``, whose records, table.md and
 split.json go to ``--out`` (default benchmarks/results/<dataset>-users<percent>; resumable).
+
+``targets``: how cold the validation and test targets are. Leave-one-out puts each user's last item in
+test and the one before it in validation, so test targets are the later, and on the Amazon data the rarer,
+items: the share of each file's targets per popularity bucket (training interactions, counted as
+``buckets`` counts them). With ``--results`` folders that ``buckets`` has scored, each variant's test
+NDCG@10 is also given re-weighted to the validation targets' mix (its per-bucket scores weighted by the
+validation shares), beside its best validation score: how much of a valid-to-test gap the colder test
+targets explain. Writes <out>/target_popularity.json and .md (default out: benchmarks/results/<dataset>).
 
 The published papers claim gains on cold-start and long-tail items without a protocol; these are ours.
 """
@@ -480,6 +489,111 @@ def run_new_items(args):
     print(text)
 
 
+def file_training_counts(train):
+    """{item token: training interactions} of a benchmark train file, by ``training_counts``' rule (each
+    row's target, plus the history of each one-item row); read from the file, so no model or RecBole
+    dataset is needed to describe a split."""
+    counts = {}
+    for row in train.rows:
+        history, target = train.items(row)
+        for item in (history if len(history) == 1 else []) + [target]:
+            counts[item] = counts.get(item, 0) + 1
+    return counts
+
+
+def target_mix(split, counts):
+    """{bucket: share of the file's rows whose target has that many training interactions}."""
+    popularity = torch.tensor([counts.get(split.items(row)[1], 0) for row in split.rows])
+    mix = {}
+    for low, high in BUCKETS:
+        chosen = (popularity >= low) if high is None else (popularity >= low) & (popularity <= high)
+        mix[bucket_name(low, high)] = chosen.float().mean().item()
+    return mix
+
+
+def at_mix(result, mix):
+    """NDCG@10 of one run's bucket ``result`` had its targets followed ``mix``: the per-bucket scores weighted
+    by the mix's shares (buckets without test rows left out, the remaining shares renormalised)."""
+    scored = [bucket for bucket in mix if "ndcg@10" in result[bucket]]
+    weight = sum(mix[bucket] for bucket in scored)
+    return sum(mix[bucket] * result[bucket]["ndcg@10"] for bucket in scored) / weight
+
+
+def run_record_of(result, records):
+    """The run record a ``buckets`` result was scored from: by seed, or, in results written before they carried
+    one, the record whose test NDCG@10 is the result's sweep figure (None when that is not unique)."""
+    if "seed" in result:
+        return records.get(result["seed"])
+    found = [record for record in records.values() if record["test"]["ndcg@10"] == result["recbole_test_ndcg@10"]]
+    return found[0] if len(found) == 1 else None
+
+
+def best_valid_ndcg(record):
+    """A run's best validation score when it is NDCG@10 (the plugin's default valid_metric), else None."""
+    if record is None or str(record["config"].get("valid_metric", "NDCG@10")).lower() != "ndcg@10":
+        return None
+    return record["best_valid_score"]
+
+
+def gap_rows(folder, mix):
+    """Per variant of a ``buckets``-scored results folder: seeds, best valid NDCG@10, test NDCG@10 and test
+    NDCG@10 at ``mix`` (means over the scored runs; valid over those whose record is found)."""
+    path = os.path.join(folder, "coldstart_buckets.json")
+    fix = f"run `python benchmarks/coldstart.py buckets --results {folder}` first"
+    if not os.path.exists(path):
+        raise SystemExit(f"{path} does not exist: {fix}")
+    per_run = read_own_json(path, lambda data: data["per_run"], "a coldstart_buckets.json written by this script", fix)
+    records = {}
+    for record in load_runs(folder):
+        if record.get("status") == "ok":
+            records.setdefault(record["variant"], {})[record["seed"]] = record
+    rows = []
+    for variant, results in per_run.items():
+        valid = [best_valid_ndcg(run_record_of(result, records.get(variant, {}))) for result in results]
+        valid = [value for value in valid if value is not None]
+        rows.append({"results": os.path.basename(os.path.normpath(folder)), "variant": variant, "runs": len(results),
+                     "valid": mean(valid) if valid else None,
+                     "test": mean(result["all"]["ndcg@10"] for result in results),
+                     "test_at_valid_mix": mean(at_mix(result, mix) for result in results)})
+    return rows
+
+
+def targets_markdown(name, mixes, rows):
+    buckets = [bucket_name(low, high) for low, high in BUCKETS]
+    lines = [f"# {name}: how cold the validation and test targets are", "",
+             "Share of each file's targets by the target's training interactions.", "",
+             "| targets | " + " | ".join(buckets) + " |", "|---" * (len(buckets) + 1) + "|"]
+    lines += [f"| {part} | " + " | ".join(f"{mix[b]:.4f}" for b in buckets) + " |" for part, mix in mixes.items()]
+    if rows:
+        lines += ["", "Test NDCG@10 re-weighted to the validation targets' mix (means over the scored runs).", "",
+                  "| results | variant | runs | best valid | test | test at valid's mix | gap explained |",
+                  "|---|---|---|---|---|---|---|"]
+        for row in rows:
+            valid = "-" if row["valid"] is None else f"{row['valid']:.4f}"
+            explained = ("-" if row["valid"] is None or row["valid"] <= row["test"] else
+                         f"{(row['test_at_valid_mix'] - row['test']) / (row['valid'] - row['test']):.0%}")
+            lines.append(f"| {row['results']} | {row['variant']} | {row['runs']} | {valid} | {row['test']:.4f} | "
+                         f"{row['test_at_valid_mix']:.4f} | {explained} |")
+    return "\n".join(lines) + "\n"
+
+
+def run_targets(args):
+    source, name = sweep_harness.resolve_dataset(args)
+    parts = read_parts(source, name)
+    counts = file_training_counts(parts["train"])
+    mixes = {part: target_mix(parts[part], counts) for part in ("valid", "test")}
+    rows = [row for folder in args.results for row in gap_rows(folder, mixes["valid"])]
+    out = os.path.abspath(args.out or os.path.join(HERE, "results", name))
+    os.makedirs(out, exist_ok=True)
+    atomic_write_json(os.path.join(out, "target_popularity.json"),
+                      {"dataset": name, "command": "python benchmarks/coldstart.py " + shlex.join(args.argv),
+                       "mix": mixes, "rows": rows}, indent=1)
+    text = targets_markdown(name, mixes, rows)
+    with atomic_open(os.path.join(out, "target_popularity.md"), "w") as handle:
+        handle.write(text)
+    print(text)
+
+
 def add_sweep_options(parser, models):
     """The options a derived-dataset protocol passes on to benchmarks/run.py."""
     parser.add_argument("--dataset", required=True, help="dataset name (with --data_path) or a dataset folder")
@@ -537,6 +651,12 @@ def main(argv=None):
     buckets.set_defaults(run=run_buckets)
     add_new_items_parser(commands)
     add_few_users_parser(commands)
+    targets = commands.add_parser("targets", help="how cold the validation and test targets are")
+    targets.add_argument("--dataset", required=True, help="dataset name (with --data_path) or a dataset folder")
+    targets.add_argument("--data_path", default=None, help="folder holding <dataset>/")
+    targets.add_argument("--results", nargs="*", default=[], help="buckets-scored run.py output folders")
+    targets.add_argument("--out", default=None, help="where target_popularity.* go (default benchmarks/results/<dataset>)")
+    targets.set_defaults(run=run_targets)
     args = parser.parse_args(argv)
     args.argv = argv
     args.run(args)

@@ -710,3 +710,45 @@ def test_the_scripts_own_records_when_corrupt_end_naming_the_file_and_the_fix(tm
         with pytest.raises(SystemExit, match=f"{re.escape(str(record))}.*{message}"):
             read()
     assert record.read_text() == content
+
+
+def test_targets_report_how_cold_each_split_is_and_what_the_mix_explains(tmp_path):
+    """Training interactions counted from the files as ``buckets`` counts them; the valid and test targets'
+    bucket shares; a scored run's test NDCG@10 re-weighted to the valid mix, beside its best valid score
+    (found by seed, or by test figure in results written before they carried a seed)."""
+    import coldstart
+
+    folder = tmp_path / "data" / "toy"
+    folder.mkdir(parents=True)
+    files = {"train": ["1\t5\t6", "1\t5 6\t7", "2\t6\t5", "2\t6 5\t6"],  # counts: 5 -> 2, 6 -> 3, 7 -> 1
+             "valid": ["1\t5 6 7\t6", "2\t6 5 6\t8"],  # targets with 3 and 0 interactions
+             "test": ["1\t5 6 7 6\t8", "2\t6 5 6 8\t9"]}  # 0 and 0
+    for part, rows in files.items():
+        (folder / f"toy.{part}.inter").write_text("user_id:token\titem_id_list:token_seq\titem_id:token\n"
+                                                  + "\n".join(rows) + "\n")
+    results = tmp_path / "results" / "sweep"
+    (results / "runs").mkdir(parents=True)
+    scores = {"all": {"ndcg@10": 0.1, "rows": 2}, "0": {"ndcg@10": 0.1, "rows": 2}, "1-4": {"rows": 0},
+              "5-9": {"rows": 0}, "10-19": {"rows": 0}, ">=20": {"rows": 0}}
+    per_run = {"A": [dict(scores, seed=1, **{"recbole_test_ndcg@10": 0.1})],
+               "B": [dict(scores, **{"recbole_test_ndcg@10": 0.2})]}
+    per_run["B"][0]["1-4"] = {"ndcg@10": 0.5, "rows": 1}
+    (results / "coldstart_buckets.json").write_text(json.dumps({"per_run": per_run}))
+    for variant, seed, valid, test in (("A", 1, 0.3, 0.1), ("B", 1, 0.5, 0.2), ("B", 2, 0.9, 0.25)):
+        (results / "runs" / f"{variant}__seed{seed}.json").write_text(json.dumps(
+            {"variant": variant, "seed": seed, "status": "ok", "config": {}, "best_valid_score": valid,
+             "test": {"ndcg@10": test}}))
+    out = tmp_path / "out"
+    coldstart.main(["targets", "--dataset", "toy", "--data_path", str(tmp_path / "data"), "--results", str(results),
+                    "--out", str(out)])
+    report = json.loads((out / "target_popularity.json").read_text())
+    assert report["mix"]["valid"] == {"0": 0.5, "1-4": 0.5, "5-9": 0.0, "10-19": 0.0, ">=20": 0.0}
+    assert report["mix"]["test"]["0"] == 1.0
+    first, second = report["rows"]
+    assert (first["variant"], first["valid"], first["test"]) == ("A", 0.3, 0.1)
+    assert first["test_at_valid_mix"] == pytest.approx(0.1)  # only bucket 0 has test rows: its weight renormalised
+    assert (second["valid"], second["test_at_valid_mix"]) == (0.5, pytest.approx(0.5 * 0.1 + 0.5 * 0.5))
+    assert "| sweep | B | 1 | 0.5000 | 0.1000 | 0.3000 | 50% |" in (out / "target_popularity.md").read_text()
+    (results / "coldstart_buckets.json").unlink()
+    with pytest.raises(SystemExit, match="coldstart.py buckets --results"):
+        coldstart.main(["targets", "--dataset", "toy", "--data_path", str(tmp_path / "data"), "--results", str(results)])
