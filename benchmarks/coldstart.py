@@ -10,7 +10,9 @@ reported per popularity bucket of the test target: how often the item occurs in 
 interactions (as a target or in a history): 0, 1-4, 5-9, 10-19, >= 20. Mean ± std over the seeds of each
 variant, the bucket sizes, a plot. A run whose checkpoint is gone (a lost work folder) keeps the figures an
 earlier pass wrote for it, so seeds can be added to a folder after its first runs' checkpoints are lost.
-Writes <results>/coldstart_buckets.json, .md and .png.
+Writes <results>/coldstart_buckets.json, .md and .png; ``--split valid`` ranks the validation rows instead
+(the checkpoint is the best validation epoch's) into coldstart_buckets_valid.*, which puts a valid-to-test
+gap side by side per bucket.
 
 ``new-items`` (protocol b): a seeded random share of the items (``--holdout``, 10 %; ``--split-seed``) is
 removed from training and validation entirely (``new_items.py`` has the exact rule); every model is trained
@@ -127,22 +129,37 @@ def bucket_metrics(ranks, counts, ties=None):
     return out
 
 
-def reload_run(record, data_path):
-    """(config, model, dataset, train_data, test_data) of one finished run, reloaded quietly from its checkpoint."""
+def reload_run(record, data_path, split="test"):
+    """(config, model, dataset, train_data, the ``split``'s data) of one finished run, reloaded quietly from its
+    checkpoint."""
     from recbole_missrec.quick_start import load_data_and_model
 
-    config, model, dataset, train_data, _, test_data = load_data_and_model(
+    config, model, dataset, train_data, valid_data, test_data = load_data_and_model(
         record["checkpoint"], data_path=data_path, config_dict={"show_progress": False, "state": "WARNING"})
-    return config, model, dataset, train_data, test_data
+    return config, model, dataset, train_data, valid_data if split == "valid" else test_data
 
 
-def evaluate_run(record, data_path):
-    """Bucket metrics of one finished run (its checkpoint reloaded)."""
-    config, model, dataset, train_data, test_data = reload_run(record, data_path)
+def sweep_figure(record, split):
+    """(key, value) of the sweep's own NDCG@10 on ``split``, kept beside the bucket figures for a cross-check:
+    the test figure, or the best validation score (the checkpoint is the best validation epoch's)."""
+    if split == "valid":
+        return "recbole_valid_score", record["best_valid_score"]
+    return "recbole_test_ndcg@10", record["test"]["ndcg@10"]
+
+
+def buckets_stem(split):
+    """The file name (no extension) of a ``buckets`` pass: test keeps the name it always had."""
+    return "coldstart_buckets" if split == "test" else f"coldstart_buckets_{split}"
+
+
+def evaluate_run(record, data_path, split="test"):
+    """Bucket metrics of one finished run on ``split``'s rows (its checkpoint reloaded)."""
+    config, model, dataset, train_data, eval_data = reload_run(record, data_path, split)
     counts = training_counts(train_data.dataset, dataset.item_num)
-    ranks, ties, targets = target_ranks(model, test_data, config["device"])
+    ranks, ties, targets = target_ranks(model, eval_data, config["device"])
     result = bucket_metrics(ranks, counts[targets], ties)
-    result["recbole_test_ndcg@10"] = record["test"]["ndcg@10"]  # the sweep's own figure, for a cross-check
+    key, value = sweep_figure(record, split)
+    result[key] = value
     return result
 
 
@@ -154,20 +171,21 @@ def earlier_bucket_results(path):
     return read_own_json(
         path, lambda data: {(variant, result["seed"]): result
                             for variant, results in data["per_run"].items() for result in results if "seed" in result},
-        "a coldstart_buckets.json written by this script",
+        f"a {os.path.basename(path)} written by this script",
         "move it aside and re-run buckets; runs whose checkpoints are gone then need benchmarks/run.py again")
 
 
-def bucket_result(record, data_path, earlier):
-    """One run's bucket metrics: from its checkpoint, or, where the checkpoint no longer exists (a lost work
-    folder), the earlier pass's figures of the same run, checked against the run's record."""
+def bucket_result(record, data_path, earlier, split="test"):
+    """One run's bucket metrics on ``split``: from its checkpoint, or, where the checkpoint no longer exists (a
+    lost work folder), the earlier pass's figures of the same run, checked against the run's record."""
     key = (record["variant"], record["seed"])
     if os.path.exists(record["checkpoint"]):
-        return dict(evaluate_run(record, data_path), seed=record["seed"])
+        return dict(evaluate_run(record, data_path, split), seed=record["seed"])
     kept = earlier.get(key)
-    if kept is None or kept["recbole_test_ndcg@10"] != record["test"]["ndcg@10"]:
+    figure, value = sweep_figure(record, split)
+    if kept is None or kept[figure] != value:
         raise SystemExit(f"{record['checkpoint']} (the checkpoint of {key[0]} seed {key[1]}) is missing and "
-                         "coldstart_buckets.json holds no figures of that run matching its record: "
+                         f"{buckets_stem(split)}.json holds no figures of that run matching its record: "
                          "re-run it with benchmarks/run.py, or leave it out with --models or --seeds")
     print(f"{key[0]} seed {key[1]}: checkpoint gone, its earlier bucket figures kept", flush=True)
     return kept
@@ -196,13 +214,13 @@ def cell(value, seeds):
     return f"{value[0]:.4f} ± {value[1]:.4f}" if seeds > 1 else f"{value[0]:.4f}"
 
 
-def markdown(table, metric, seed_counts):
+def markdown(table, metric, seed_counts, split="test"):
     """The bucket table of one metric; ``seed_counts`` {variant: runs} decides whether a cell shows a spread."""
     buckets = ["all"] + [bucket_name(low, high) for low, high in BUCKETS]
     variants = list(table)
     sizes = table[variants[0]]
     lines = ["| target's training interactions | " + " | ".join(buckets) + " |", "|---" * (len(buckets) + 1) + "|",
-             "| test rows | " + " | ".join(str(sizes[b]["rows"]) for b in buckets) + " |"]
+             f"| {split} rows | " + " | ".join(str(sizes[b]["rows"]) for b in buckets) + " |"]
     for variant in variants:
         cells = []
         for bucket in buckets:
@@ -212,7 +230,7 @@ def markdown(table, metric, seed_counts):
     return "\n".join(lines)
 
 
-def bar_chart(path, title, groups, series, xlabel=None, reference=None):
+def bar_chart(path, title, groups, series, xlabel=None, reference=None, ylabel="test"):
     """A PNG of grouped bars: ``series`` {label: [(mean, std) per group]}, std as error bars; ``reference``
     (label, value): a dashed horizontal line."""
     from report import pyplot
@@ -228,7 +246,7 @@ def bar_chart(path, title, groups, series, xlabel=None, reference=None):
     axis.set_xticks([i + width * (len(series) - 1) / 2 for i in range(len(groups))], groups, fontsize=8)
     if xlabel:
         axis.set_xlabel(xlabel)
-    axis.set_ylabel("test NDCG@10 (mean ± std over seeds)")
+    axis.set_ylabel(f"{ylabel} NDCG@10 (mean ± std over seeds)")
     axis.set_title(title)
     axis.legend(fontsize=7)
     figure.tight_layout()
@@ -237,10 +255,10 @@ def bar_chart(path, title, groups, series, xlabel=None, reference=None):
     plt.close(figure)
 
 
-def plot(table, path, title):
+def plot(table, path, title, split="test"):
     buckets = [bucket_name(low, high) for low, high in BUCKETS]
     series = {variant: [row[b].get("ndcg@10", (math.nan, 0.0)) for b in buckets] for variant, row in table.items()}
-    bar_chart(path, title, buckets, series, xlabel="training interactions of the test target")
+    bar_chart(path, title, buckets, series, xlabel=f"training interactions of the {split} target", ylabel=split)
 
 
 def run_buckets(args):
@@ -250,22 +268,24 @@ def run_buckets(args):
                and (not args.seeds or record["seed"] in args.seeds)]
     if not records:
         raise SystemExit(f"no finished run with a checkpoint in {args.results}/runs (re-run benchmarks/run.py)")
-    earlier = earlier_bucket_results(os.path.join(args.results, "coldstart_buckets.json"))
+    stem = os.path.join(args.results, buckets_stem(args.split))
+    earlier = earlier_bucket_results(stem + ".json")
     per_run = {}
     for record in records:
-        result = bucket_result(record, args.data_path or record["config"]["data_path"], earlier)
+        result = bucket_result(record, args.data_path or record["config"]["data_path"], earlier, args.split)
         per_run.setdefault(record["variant"], []).append(result)
         print(f"{record['variant']} seed {record['seed']}: NDCG@10 {result['all']['ndcg@10']:.4f} "
-              f"(sweep: {result['recbole_test_ndcg@10']:.4f})", flush=True)
+              f"(sweep: {sweep_figure(record, args.split)[1]:.4f})", flush=True)
     table = aggregate(per_run)
     name = os.path.basename(os.path.normpath(args.results))
-    atomic_write_json(os.path.join(args.results, "coldstart_buckets.json"), {"per_run": per_run, "table": table}, indent=1)
+    atomic_write_json(stem + ".json", {"split": args.split, "per_run": per_run, "table": table}, indent=1)
     seed_counts = {variant: len(results) for variant, results in per_run.items()}
-    text = (f"# {name}: test accuracy by the target's training interactions\n\nNDCG@10\n\n"
-            f"{markdown(table, 'ndcg@10', seed_counts)}\n\nHIT@10\n\n{markdown(table, 'hit@10', seed_counts)}\n")
-    with atomic_open(os.path.join(args.results, "coldstart_buckets.md"), "w") as handle:
+    text = (f"# {name}: {args.split} accuracy by the target's training interactions\n\nNDCG@10\n\n"
+            f"{markdown(table, 'ndcg@10', seed_counts, args.split)}\n\nHIT@10\n\n"
+            f"{markdown(table, 'hit@10', seed_counts, args.split)}\n")
+    with atomic_open(stem + ".md", "w") as handle:
         handle.write(text)
-    plot(table, os.path.join(args.results, "coldstart_buckets.png"), f"{name}: NDCG@10 by target popularity")
+    plot(table, stem + ".png", f"{name}: {args.split} NDCG@10 by target popularity", args.split)
     print(text)
 
 
@@ -648,6 +668,8 @@ def main(argv=None):
     buckets.add_argument("--models", nargs="*", help="variants to include (default: all finished)")
     buckets.add_argument("--seeds", nargs="*", type=int, help="seeds to include (default: all finished)")
     buckets.add_argument("--data_path", help="where the runs' data lives now (default: as recorded)")
+    buckets.add_argument("--split", choices=("test", "valid"), default="test",
+                         help="whose rows are ranked (valid: written to coldstart_buckets_valid.*)")
     buckets.set_defaults(run=run_buckets)
     add_new_items_parser(commands)
     add_few_users_parser(commands)

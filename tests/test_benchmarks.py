@@ -137,6 +137,14 @@ def test_quick_sweep_writes_reports_and_resumes(toy):
     assert sorted(result["seed"] for result in json.loads(
         (toy / "out" / "coldstart_buckets.json").read_text())["per_run"]["FDSA"]) == [1]
     fdsa_checkpoint.with_suffix(".moved").rename(fdsa_checkpoint)
+    tested = (toy / "out" / "coldstart_buckets.json").read_text()
+    coldstart.main(["buckets", "--results", str(toy / "out"), "--split", "valid"])  # the best epoch's own rows
+    valid = json.loads((toy / "out" / "coldstart_buckets_valid.json").read_text())
+    for variant, results in valid["per_run"].items():
+        for result in results:
+            assert result["all"]["ndcg@10"] == pytest.approx(result["recbole_valid_score"], abs=1e-4), variant
+    assert (toy / "out" / "coldstart_buckets.json").read_text() == tested
+    assert "| valid rows |" in (toy / "out" / "coldstart_buckets_valid.md").read_text()
 
     from reevaluate import main as reevaluate_main  # a record that lost metrics gets them back from its checkpoint
 
