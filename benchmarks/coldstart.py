@@ -556,8 +556,9 @@ def best_valid_ndcg(record):
 
 
 def gap_rows(folder, mix):
-    """Per variant of a ``buckets``-scored results folder: seeds, best valid NDCG@10, test NDCG@10 and test
-    NDCG@10 at ``mix`` (means over the scored runs; valid over those whose record is found)."""
+    """Per variant of a ``buckets``-scored results folder: runs, best valid NDCG@10, test NDCG@10 and test
+    NDCG@10 at ``mix``, means over the scored runs whose record gives the valid score (over every scored run,
+    valid left empty, when none does), so the gap compares the same runs."""
     path = os.path.join(folder, "coldstart_buckets.json")
     fix = f"run `python benchmarks/coldstart.py buckets --results {folder}` first"
     if not os.path.exists(path):
@@ -569,8 +570,10 @@ def gap_rows(folder, mix):
             records.setdefault(record["variant"], {})[record["seed"]] = record
     rows = []
     for variant, results in per_run.items():
-        valid = [best_valid_ndcg(run_record_of(result, records.get(variant, {}))) for result in results]
-        valid = [value for value in valid if value is not None]
+        paired = [(result, best_valid_ndcg(run_record_of(result, records.get(variant, {})))) for result in results]
+        paired = [(result, valid) for result, valid in paired if valid is not None]
+        valid = [valid for _, valid in paired]
+        results = [result for result, _ in paired] or results
         rows.append({"results": os.path.basename(os.path.normpath(folder)), "variant": variant, "runs": len(results),
                      "valid": mean(valid) if valid else None,
                      "test": mean(result["all"]["ndcg@10"] for result in results),

@@ -741,6 +741,7 @@ def test_targets_report_how_cold_each_split_is_and_what_the_mix_explains(tmp_pat
     per_run = {"A": [dict(scores, seed=1, **{"recbole_test_ndcg@10": 0.1})],
                "B": [dict(scores, **{"recbole_test_ndcg@10": 0.2})]}
     per_run["B"][0]["1-4"] = {"ndcg@10": 0.5, "rows": 1}
+    per_run["B"].append(dict(scores, all={"ndcg@10": 0.9, "rows": 2}, **{"recbole_test_ndcg@10": 0.7}))  # no record
     (results / "coldstart_buckets.json").write_text(json.dumps({"per_run": per_run}))
     for variant, seed, valid, test in (("A", 1, 0.3, 0.1), ("B", 1, 0.5, 0.2), ("B", 2, 0.9, 0.25)):
         (results / "runs" / f"{variant}__seed{seed}.json").write_text(json.dumps(
@@ -757,6 +758,10 @@ def test_targets_report_how_cold_each_split_is_and_what_the_mix_explains(tmp_pat
     assert first["test_at_valid_mix"] == pytest.approx(0.1)  # only bucket 0 has test rows: its weight renormalised
     assert (second["valid"], second["test_at_valid_mix"]) == (0.5, pytest.approx(0.5 * 0.1 + 0.5 * 0.5))
     assert "| sweep | B | 1 | 0.5000 | 0.1000 | 0.3000 | 50% |" in (out / "target_popularity.md").read_text()
+    (results / "runs" / "B__seed1.json").unlink()  # no record left for B: every scored run, no valid score
+    coldstart.main(["targets", "--dataset", "toy", "--data_path", str(tmp_path / "data"), "--results", str(results),
+                    "--out", str(out)])
+    assert "| sweep | B | 2 | - | 0.5000 |" in (out / "target_popularity.md").read_text()
     (results / "coldstart_buckets.json").unlink()
     with pytest.raises(SystemExit, match="coldstart.py buckets --results"):
         coldstart.main(["targets", "--dataset", "toy", "--data_path", str(tmp_path / "data"), "--results", str(results)])
