@@ -74,6 +74,11 @@ def bucket_name(low, high):
     return f"{low}" if low == high else (f">={low}" if high is None else f"{low}-{high}")
 
 
+def in_bucket(counts, low, high):
+    """[N] bool: which ``counts`` fall in the bucket low..high (``high`` None: no upper bound)."""
+    return (counts >= low) if high is None else (counts >= low) & (counts <= high)
+
+
 def training_counts(train_dataset, n_items):
     """[n_items] training interactions per item: each train row's target, plus each user's first item (the
     history of the row with one item). Prefix rows repeat a user's earlier items in their histories, so
@@ -124,7 +129,7 @@ def bucket_metrics(ranks, counts, ties=None):
     ties = torch.zeros_like(ranks) if ties is None else ties
     out = {"all": metrics_at_k(ranks, ties)}
     for low, high in BUCKETS:
-        chosen = (counts >= low) & ((counts <= high) if high is not None else torch.ones_like(counts, dtype=torch.bool))
+        chosen = in_bucket(counts, low, high)
         out[bucket_name(low, high)] = metrics_at_k(ranks[chosen], ties[chosen]) if chosen.any() else {"rows": 0}
     return out
 
@@ -526,7 +531,7 @@ def target_mix(split, counts):
     popularity = torch.tensor([counts.get(split.items(row)[1], 0) for row in split.rows])
     mix = {}
     for low, high in BUCKETS:
-        chosen = (popularity >= low) if high is None else (popularity >= low) & (popularity <= high)
+        chosen = in_bucket(popularity, low, high)
         mix[bucket_name(low, high)] = chosen.float().mean().item()
     return mix
 
