@@ -76,6 +76,20 @@ def test_word_drop_switches_only_the_text_features():
     assert torch.equal(memory, view_memory)
 
 
+@pytest.mark.parametrize("adapter", ["linear", "moe"])
+def test_sequence_tokens_run_the_adapters_once_per_distinct_item_and_word_drop(adapter, monkeypatch):
+    model = pretrain_model(adapter=adapter, n_exps=3).eval()
+    seq = torch.tensor([[4, 4, 6, 0, 0, 0], [6, 4, 9, 9, 4, 0]])
+    flags = torch.tensor([[True, False, False, False, False, False], [False, True, True, False, True, False]])
+    rows = []
+    original = model.modality_tokens
+    monkeypatch.setattr(model, "modality_tokens", lambda ids, drop=None: rows.append(ids.numel()) or original(ids, drop))
+    assert torch.allclose(model._sequence_tokens(seq, flags), original(seq, flags), atol=1e-6)  # [B, L, M, d]
+    assert torch.allclose(model._sequence_tokens(seq), original(seq), atol=1e-6)
+    # 12 positions; distinct (item, word drop) pairs: (0, F) (4, F) (4, T) (6, F) (9, F) (9, T); items 0 4 6 9
+    assert rows == [6, 4]
+
+
 def test_item_dropped_view_reads_every_modality_of_the_surviving_items():
     model = pretrain_model().eval()
     view_seq, view_len = item_drop(SEQ, LEN, torch.tensor([[True, False, True, True, True, True]] * 3))

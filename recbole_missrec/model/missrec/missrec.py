@@ -252,7 +252,7 @@ class MISSRec(SequentialRecommender):
         (modality, position), laid out modality-major [B, M*L, d]. ``item_tokens`` [N, M, d]: every item's
         modality tokens, already computed (full ranking); else the adapters run on the sequence's items.
         """
-        tokens = item_tokens[item_seq] if item_tokens is not None else self.modality_tokens(item_seq, word_drop)
+        tokens = item_tokens[item_seq] if item_tokens is not None else self._sequence_tokens(item_seq, word_drop)
         tokens = tokens * present.unsqueeze(-1)  # [B, L, M, d]
         if self.modality_gate is not None:
             tokens = tokens * self.modality_gate.unsqueeze(-1)
@@ -267,6 +267,17 @@ class MISSRec(SequentialRecommender):
             tokens = (tokens + extra.unsqueeze(-2)).transpose(1, 2).flatten(1, 2)
             padding = (padding.unsqueeze(-1) | ~present).transpose(1, 2).flatten(1)
         return self.dropout(self.input_norm(tokens)), padding
+
+    def _sequence_tokens(self, item_seq, word_drop=None):
+        """Modality tokens of every position [B, L, M, d], the adapters run once per distinct (item, word drop)
+        pair of the batch. Why not per position: padding and repeated items would run the adapters B x L times;
+        with the MoE adapter a pre-training batch (4,096 x 50) then builds [8, 204,800, 384] expert inputs,
+        2.5 GB each, and the run outgrew this machine (README, Cost). As in full ranking (``item_tokens``), an
+        item's positions share its token, and its dropout draw."""
+        keys = item_seq if word_drop is None else item_seq + self.n_items * word_drop.long()
+        unique, inverse = torch.unique(keys, return_inverse=True)
+        dropped = None if word_drop is None else unique >= self.n_items
+        return self.modality_tokens(unique % self.n_items, dropped)[inverse]
 
     def _read_out(self, output, item_seq_len, present_last):
         """Decoder output at the last real item; in contextual mode the mean over that item's modalities."""
