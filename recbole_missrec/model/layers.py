@@ -8,6 +8,7 @@
   reference code's scatter actually behaved (``reference``).
 - ``modality_presence`` and ``presence_weights``: which item-modality tokens are real when a modality is
   missing, and the weights of a mean over the real ones.
+- ``per_distinct``: per-item work done once per distinct item of a batch and read back per position.
 - ``MoEAdaptor``: the mixture-of-experts feature adaptor of UniSRec (whitening experts, noisy gates) and MSM4SR.
 - ``run_or_recompute``: a transformer part whose activations are recomputed in backward on the largest
   batches, which set a run's peak memory.
@@ -123,6 +124,14 @@ def presence_weights(present, dtype=torch.float32, dim=-1):
     1/count where present, 0 elsewhere (all 0 where none is)."""
     present = present.to(dtype)
     return present / present.sum(dim=dim, keepdim=True).clamp_min(1)
+
+
+def per_distinct(ids, compute):
+    """``compute`` on the distinct values of ``ids`` [U] -> [U, ...], read back per entry: [*ids.shape, ...].
+    Why: item adapters and encoders run over a batch's items, where padding and repeated items would make
+    the cost follow the B x L positions instead of the items a step really needs."""
+    unique, inverse = torch.unique(ids, return_inverse=True)
+    return compute(unique)[inverse]
 
 
 class MoEAdaptor(nn.Module):

@@ -25,7 +25,7 @@ from torch import nn
 from recbole_missrec.data.dataset import AUGMENTED_TEXT
 from recbole_missrec.model.layers import (
     MoEAdaptor, duplicate_mask, full_softmax_ce, in_batch_infonce, local_rows, modality_presence, normal_init,
-    presence_weights, run_or_recompute, transfer_weights,
+    per_distinct, presence_weights, run_or_recompute, transfer_weights,
 )
 from recbole_missrec.model.missrec.fusion import fuse_modalities, mix_id_score
 from recbole_missrec.model.missrec.interest import (
@@ -274,10 +274,10 @@ class MISSRec(SequentialRecommender):
         with the MoE adapter a pre-training batch (4,096 x 50) then builds [8, 204,800, 384] expert inputs,
         2.5 GB each, and the run outgrew this machine (README, Cost). As in full ranking (``item_tokens``), an
         item's positions share its token, and its dropout draw."""
-        keys = item_seq if word_drop is None else item_seq + self.n_items * word_drop.long()
-        unique, inverse = torch.unique(keys, return_inverse=True)
-        dropped = None if word_drop is None else unique >= self.n_items
-        return self.modality_tokens(unique % self.n_items, dropped)[inverse]
+        if word_drop is None:
+            return per_distinct(item_seq, self.modality_tokens)
+        keys = item_seq + self.n_items * word_drop.long()  # one key per (item, word drop) pair
+        return per_distinct(keys, lambda k: self.modality_tokens(k % self.n_items, k >= self.n_items))
 
     def _read_out(self, output, item_seq_len, present_last):
         """Decoder output at the last real item; in contextual mode the mean over that item's modalities."""

@@ -39,7 +39,7 @@ from torch import nn
 
 from recbole_missrec.model.layers import (
     DUPLICATE_MODES, ITEM_DROP_MODES, duplicate_mask, full_softmax_ce, in_batch_infonce, item_drop, local_rows,
-    modality_presence, normal_init, presence_weights, transfer_weights,
+    modality_presence, normal_init, per_distinct, presence_weights, transfer_weights,
 )
 from recbole_missrec.model.msm4sr.augment import AUG_KEEP, AUG_MIX, add_augmentations, complementary_mixup
 from recbole_missrec.model.msm4sr.item_encoder import ItemEncoder
@@ -141,9 +141,10 @@ class MSM4SR(SequentialRecommender):
     def item_tokens(self, item_ids):
         """Adapted (not normalised) vectors of the given items, every modality: [*item_ids.shape, M, d].
         Each distinct item is pooled and adapted once, so the cost follows the items a step really needs."""
-        unique, inverse = torch.unique(item_ids, return_inverse=True)
-        tokens = torch.stack([self.item_encoders[m](unique) for m in self.modalities], dim=-2)  # [U, M, d]
-        return tokens[inverse]
+        def encode(ids):  # [U] -> [U, M, d]
+            return torch.stack([self.item_encoders[m](ids) for m in self.modalities], dim=-2)
+
+        return per_distinct(item_ids, encode)
 
     def weighted_candidates(self, tokens, item_ids):
         """Candidate vectors [C, M*d] whose dot product with flattened sequence vectors [B, M*d] is the score.
