@@ -16,6 +16,7 @@ import yaml
 from conftest import (ROOT, reevaluated_test_result, tiny_pretrain_config, training_stops_at_epoch,
                       write_benchmark_dataset, write_pretrain_dataset)
 from recbole_missrec.quick_start import run_recbole_missrec
+from recbole_missrec.trainer import CheckpointError
 
 BENCHMARKS = os.path.join(ROOT, "benchmarks")
 sys.path.insert(0, BENCHMARKS)
@@ -210,7 +211,8 @@ def test_quick_sweep_runs_unisrec_from_scratch_and_from_its_pretraining(toy):
 
 def test_reinitialised_checkpoint_redraws_every_weight_as_a_run_would(tmp_path):
     """The transfer control: same entries and shapes as the pre-trained checkpoint, none of its values, the
-    same draw for the same seed, and a fine-tuning run accepts it as it accepts the real one."""
+    same draw for the same seed, and a fine-tuning run accepts it as it accepts the real one; ``--only`` re-draws
+    just the named part and keeps the rest as trained."""
     from reinit_checkpoint import main as reinit_main
 
     write_pretrain_dataset(tmp_path)
@@ -226,6 +228,14 @@ def test_reinitialised_checkpoint_redraws_every_weight_as_a_run_would(tmp_path):
     assert not torch.equal(outputs["a"][weight], trained[weight])
     with pytest.raises(SystemExit, match="the checkpoint itself"):
         reinit_main([checkpoint, "--out", checkpoint])
+    reinit_main([checkpoint, "--seed", "1", "--only", "adapters.", "--out", str(tmp_path / "adapter.pth")])
+    part = torch.load(tmp_path / "adapter.pth", weights_only=True)
+    adapter = [key for key in trained if key.startswith("adapters.")]
+    assert adapter and part["reinitialised"] == sorted(adapter)
+    assert all(torch.equal(part["state_dict"][key], outputs["a"][key]) for key in adapter)  # the seed-1 draw
+    assert torch.equal(part["state_dict"][weight], trained[weight])  # the backbone as pre-trained
+    with pytest.raises(CheckpointError, match="no state_dict entry starts with adaptor"):
+        reinit_main([checkpoint, "--only", "adaptor", "--out", str(tmp_path / "none.pth")])
     config = tiny_pretrain_config(tmp_path, train_stage="inductive_ft", modal_type="text", epochs=1, topk=[10])
     result = run_recbole_missrec("MISSRec", "pt", config_dict=config, pretrained=str(tmp_path / "a.pth"))
     assert result["transfer"]["loaded"] and result["trainable_params"] < result["total_params"]
