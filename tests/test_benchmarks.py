@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -239,6 +240,32 @@ def test_reinitialised_checkpoint_redraws_every_weight_as_a_run_would(tmp_path):
     config = tiny_pretrain_config(tmp_path, train_stage="inductive_ft", modal_type="text", epochs=1, topk=[10])
     result = run_recbole_missrec("MISSRec", "pt", config_dict=config, pretrained=str(tmp_path / "a.pth"))
     assert result["transfer"]["loaded"] and result["trainable_params"] < result["total_params"]
+
+
+def test_similarity_baseline_ranks_by_the_last_item_and_averages_ties(tmp_path):
+    """No model: cosine with the last history item (or the history's mean); a target tied with another item
+    gets the expectation of the two orders."""
+    from similarity_baseline import main as similarity_main
+
+    from recbole_missrec.data.feature_file import write_feature_file
+
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    # items 1 and 4 have the same features (same text)
+    write_feature_file(folder / "tiny.feat1CLS", np.array([[1, 0], [1, .1], [0, 1], [.1, 1], [1, .1]]))
+    (folder / "tiny.test.inter").write_text("user_id:token\titem_id_list:token_seq\titem_id:token\n"
+                                            "0\t2 0\t1\n1\t0 2\t0\n")
+    similarity_main(["--dataset", "tiny", "--data_path", str(tmp_path), "--dim", "2", "--out", str(tmp_path / "out")])
+    results = json.loads((tmp_path / "out" / "results.json").read_text())["results"]
+    ndcg = [1 / math.log2(rank + 2) for rank in range(5)]  # of 0-based ranks
+    # last item. Row 0 (last item 0, target 1): item 0 above, item 4 tied -> rank 1 or 2.
+    # Row 1 (last item 2, target 0): items 2, 3, 1 and 4 above -> rank 4.
+    assert results["last item"]["ndcg@10"] == round(((ndcg[1] + ndcg[2]) / 2 + ndcg[4]) / 2, 4)
+    # mean of the history, [.5, .5] for both rows. Row 0: target 1 tied with 3 and 4 -> rank 0, 1 or 2.
+    # Row 1: items 1, 3, 4 above target 0, item 2 tied -> rank 3 or 4.
+    assert results["mean of the history"]["ndcg@10"] == round((sum(ndcg[:3]) / 3 + (ndcg[3] + ndcg[4]) / 2) / 2, 4)
+    with pytest.raises(SystemExit, match="not found"):
+        similarity_main(["--dataset", "none", "--data_path", str(tmp_path), "--out", str(tmp_path / "x")])
 
 
 def test_failed_run_is_recorded_and_the_sweep_goes_on(toy):
