@@ -100,11 +100,17 @@ def target_ranks(model, test_data, device):
     for interaction, _, _, positive in test_data:
         scores = model.full_sort_predict(interaction.to(device)).view(len(positive), -1)
         scores[:, 0] = float("-inf")
-        target = scores.gather(1, positive.to(device).unsqueeze(1))
-        greater.append((scores > target).sum(1).cpu())
-        ties.append((scores == target).sum(1).cpu() - 1)
+        above, tied = ranks_among_scores(scores, positive.to(device))
+        greater.append(above.cpu())
+        ties.append(tied.cpu())
         targets.append(positive)
     return torch.cat(greater), torch.cat(ties), torch.cat(targets)
+
+
+def ranks_among_scores(scores, targets):
+    """Per row of ``scores`` [B, N]: (items scored above the row's target, other items scored as it), [B] each."""
+    target = scores.gather(1, targets.unsqueeze(1))
+    return (scores > target).sum(1), (scores == target).sum(1) - 1
 
 
 def row_metrics_at_k(ranks, ties=None):

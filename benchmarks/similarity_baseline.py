@@ -19,7 +19,8 @@ import os
 
 import torch
 
-from coldstart import row_metrics_at_k
+from coldstart import ranks_among_scores, row_metrics_at_k
+from dataset_preprocess.layout import read_benchmark
 from recbole_missrec.atomic import atomic_open, atomic_write_json
 from recbole_missrec.data.feature_file import read_feature_file
 
@@ -30,29 +31,18 @@ QUERIES = {
 
 
 def read_rows(path):
-    """(histories: list of token lists, targets [N]) of a ``user_id / item_id_list / item_id`` .inter file."""
+    """(histories: list of token lists, targets [N]) of a benchmark-layout .inter file."""
     if not os.path.isfile(path):
         raise SystemExit(f"{path} not found: pass the folder holding <dataset>/ as --data_path")
-    histories, targets = [], []
-    with open(path) as handle:
-        next(handle)
-        for line in handle:
-            if line.strip():
-                _, history, target = line.rstrip("\n").split("\t")
-                histories.append([int(token) for token in history.split()])
-                targets.append(int(target))
-    return histories, torch.tensor(targets)
+    rows = list(read_benchmark(path))
+    return [history for _, history, _ in rows], torch.tensor([target for _, _, target in rows])
 
 
 def target_ranks(queries, features, targets, batch=2048):
     """Per row, (items scored above the target, other items scored as the target), both [N]."""
-    greater, ties = [], []
-    for start in range(0, len(targets), batch):
-        scores = queries[start:start + batch] @ features.T  # [b, N items]
-        target = scores.gather(1, targets[start:start + batch, None])
-        greater.append((scores > target).sum(1))
-        ties.append((scores == target).sum(1) - 1)
-    return torch.cat(greater), torch.cat(ties)
+    ranks = [ranks_among_scores(queries[start:start + batch] @ features.T, targets[start:start + batch])
+             for start in range(0, len(targets), batch)]  # scores [b, N items] per batch
+    return torch.cat([above for above, _ in ranks]), torch.cat([tied for _, tied in ranks])
 
 
 def evaluate(features, histories, targets):
