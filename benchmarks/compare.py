@@ -19,8 +19,7 @@ import json
 import os
 from statistics import mean, stdev
 
-from recbole_missrec.atomic import atomic_open, atomic_write_json
-from report import by_variant, load_runs, mean_std, read_own_json
+from report import by_variant, load_runs, mean_std, read_own_json, write_results
 
 METRICS = ["hit@10", "ndcg@10", "hit@11", "ndcg@11", "hit@50", "ndcg@50", "ndcg@51"]
 FIGURES = [("best_epoch", "best epoch", "{:.1f}"), ("epochs_run", "epochs run", "{:.1f}"),
@@ -106,12 +105,7 @@ def main(argv=None):
     for label, folder, variant in specs:
         variant, runs = row_runs(folder, variant)
         rows.append(summary(label, folder, variant, runs))
-    table = markdown(rows)
-    os.makedirs(args.out, exist_ok=True)
-    atomic_write_json(os.path.join(args.out, "comparison.json"), {"rows": rows}, indent=1)
-    with atomic_open(os.path.join(args.out, "comparison.md"), "w") as handle:
-        handle.write(table)
-    print(table)
+    write_results(args.out, "comparison", {"rows": rows}, markdown(rows))
     return rows
 
 

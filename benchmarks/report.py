@@ -53,6 +53,15 @@ def json_object(data):
     return data
 
 
+def write_results(out, stem, data, text):
+    """<out>/<stem>.json (``data``) and <stem>.md (``text``), each replaced whole, and ``text`` printed."""
+    os.makedirs(out, exist_ok=True)
+    atomic_write_json(os.path.join(out, f"{stem}.json"), data, indent=1)
+    with atomic_open(os.path.join(out, f"{stem}.md"), "w") as handle:
+        handle.write(text)
+    print(text)
+
+
 def read_run_record(path):
     """The run record at ``path``, one run.py wrote; a corrupt one ends the script naming it."""
     return read_own_json(path, json_object, "a run record of run.py",

@@ -268,6 +268,71 @@ def test_similarity_baseline_ranks_by_the_last_item_and_averages_ties(tmp_path):
         similarity_main(["--dataset", "none", "--data_path", str(tmp_path), "--out", str(tmp_path / "x")])
 
 
+class ScoreByHistoryItem:
+    """A stand-in sequential model: every item scored by a fixed table's row of one history item (the last,
+    or the first), the way a network that passes that item's features through would rank."""
+    ITEM_SEQ, ITEM_SEQ_LEN = "item_id_list", "item_length"
+
+    def __init__(self, table, use_last):
+        self.table, self.use_last = table, use_last
+
+    def full_sort_predict(self, interaction):
+        seq, length = interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN]
+        key = seq.gather(1, (length - 1).unsqueeze(1)).squeeze(1) if self.use_last else seq[:, 0]
+        return self.table[key].flatten()
+
+
+def probe_batches():
+    """Full-sort batches of three rows over 16 items: histories [2, 3], [5], [1, 6, 4]; targets 7, 2, 3."""
+    from recbole.data.interaction import Interaction
+
+    seq = torch.tensor([[2, 3, 0], [5, 0, 0], [1, 6, 4]])
+    batch = Interaction({"item_id_list": seq, "item_length": torch.tensor([2, 1, 3])})
+    return [(batch, None, torch.arange(3), torch.tensor([7, 2, 3]))]
+
+
+def test_history_probe_tells_a_last_item_model_from_one_that_reads_the_history(tmp_path, monkeypatch):
+    """A model that ranks by the last item: echo@1 and overlap@10 are 1 and cutting the history changes
+    nothing; one that ranks by the first item never puts the last item first where the two differ, and its
+    last-item-only NDCG is that of the last-item model. Every figure agrees with a ranking done by hand."""
+    import coldstart
+    import history_probe
+
+    table = torch.arange(16.0) / 100 + 10 * torch.eye(16)  # [key, item]: the key first, then by item id
+    last = history_probe.probe_rows(ScoreByHistoryItem(table, True), probe_batches(), "cpu")
+    first = history_probe.probe_rows(ScoreByHistoryItem(table, False), probe_batches(), "cpu")
+    assert last["echo@1"].tolist() == [1, 1, 1] and last["overlap@10"].tolist() == [1, 1, 1]
+    assert torch.equal(last["ndcg@10"], last["ndcg@10, last item only"])
+    assert first["echo@1"].tolist() == [0, 1, 0] and torch.equal(first["ndcg@10, last item only"], last["ndcg@10"])
+    # row 0: first item 2 puts 2 then 15..7 on top, last item 3 at rank 13 (below 2 and 15..4)
+    assert first["echo@10"].tolist() == [0, 1, 0] and first["overlap@10"].tolist() == pytest.approx([0.9, 1, 0.9])
+    scores = table[torch.tensor([2, 5, 1])].clone()  # the first items' rows
+    scores[:, 0] = float("-inf")
+    assert torch.equal(first["ndcg@10"], coldstart.row_metrics_at_k(
+        *coldstart.ranks_among_scores(scores, torch.tensor([7, 2, 3])))[1])
+    assert first["ndcg@10"][2] == 0 and first["ndcg@10"][0] == pytest.approx(1 / math.log2(10 + 2 - 1))
+
+    write_runs(tmp_path / "a", "M", [0.05, 0.06])
+    for seed in (1, 2):
+        path = tmp_path / "a" / "runs" / f"M__seed{seed}.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "checkpoint": str(tmp_path / f"{seed}.pth"),
+                                    "config": {"data_path": str(tmp_path)}}))
+    with pytest.raises(SystemExit, match="every checkpoint of .* is gone"):
+        history_probe.main(["--rows", f"last={tmp_path / 'a'}", "--out", str(tmp_path / "out")])
+    (tmp_path / "2.pth").touch()
+    models = {"1": ScoreByHistoryItem(table, True), "2": ScoreByHistoryItem(table, False)}
+    monkeypatch.setattr(history_probe, "reload_run", lambda record, data_path: (
+        {"device": "cpu"}, models[record["checkpoint"][-5]], None, None, probe_batches()))
+    history_probe.main(["--rows", f"first={tmp_path / 'a'}", "--out", str(tmp_path / "out")])
+    assert json.loads((tmp_path / "out" / "history_probe.json").read_text())["rows"][0]["seeds"] == [2]
+    (tmp_path / "1.pth").touch()
+    history_probe.main(["--rows", f"mixed={tmp_path / 'a'}", "--out", str(tmp_path / "out")])
+    written = json.loads((tmp_path / "out" / "history_probe.json").read_text())["rows"][0]
+    assert written["seeds"] == [1, 2] and [run["echo@1"] for run in written["runs"]] == [1.0, round(1 / 3, 4)]
+    assert f"| mixed | 1, 2 | {mean_std([run['ndcg@10'] for run in written['runs']])} |" in \
+        (tmp_path / "out" / "history_probe.md").read_text()
+
+
 def test_failed_run_is_recorded_and_the_sweep_goes_on(toy):
     run_harness(toy, "--models", "SASRec", "S3Rec", "--seeds", "1", "--set", "n_heads=7")  # 300 % 7 != 0
     runs = json.loads((toy / "out" / "results.json").read_text())["runs"]

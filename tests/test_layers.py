@@ -4,7 +4,8 @@ import torch
 import torch.nn.functional as F
 
 from recbole_missrec.model.layers import (
-    MoEAdaptor, duplicate_mask, full_softmax_ce, in_batch_infonce, item_drop, modality_presence, presence_weights,
+    HistoryBias, MoEAdaptor, duplicate_mask, full_softmax_ce, history_hits, in_batch_infonce, item_drop,
+    modality_presence, presence_weights,
 )
 
 
@@ -56,6 +57,31 @@ def test_infonce_with_one_row_is_zero():
 def test_full_softmax_never_makes_padding_a_class():
     logits = torch.tensor([[100.0, 1.0, 2.0]])
     assert full_softmax_ce(logits, torch.tensor([2])).item() == pytest.approx(F.cross_entropy(logits[:, 1:], torch.tensor([1])).item())
+
+
+def test_history_hits_mark_each_rows_own_items_over_all_items_or_sorted_candidates():
+    seq = torch.tensor([[3, 1, 3, 0], [2, 5, 0, 0], [0, 0, 0, 0]])
+    brute = torch.tensor([[item in row[row > 0].tolist() for item in range(7)] for row in seq])
+    assert torch.equal(history_hits(seq, 7), brute)
+    candidates = torch.tensor([1, 2, 4, 6])  # 3 and 5 are in histories but not candidates
+    assert torch.equal(history_hits(seq, candidates), brute[:, candidates])
+
+
+def test_history_bias_offsets_only_history_items_and_learns_from_the_loss():
+    """The offset is the bias in cosine units times the scale; the cross-entropy of a target outside the
+    history pushes the bias down (here: the history item outscores the target)."""
+    layer = HistoryBias(scale=10.0)
+    seq = torch.tensor([[2, 1, 0]])
+    logits = torch.tensor([[0.0, 3.0, 1.0, 2.0]])
+    assert torch.equal(layer(logits, seq), logits)  # starts at 0
+    with torch.no_grad():
+        layer.bias.fill_(-0.2)
+    assert torch.allclose(layer(logits, seq), torch.tensor([[0.0, 1.0, -1.0, 2.0]]))
+    assert torch.allclose(layer(logits[:, [1, 3]], seq, torch.tensor([1, 3])), torch.tensor([[1.0, 2.0]]))
+    assert torch.allclose(layer.paired(torch.tensor([3.0]), seq, torch.tensor([1])), torch.tensor([1.0]))
+    assert torch.allclose(layer.paired(torch.tensor([3.0]), seq, torch.tensor([3])), torch.tensor([3.0]))
+    full_softmax_ce(layer(logits, seq), torch.tensor([3])).backward()
+    assert layer.bias.grad > 0  # descent lowers the bias
 
 
 def test_modality_presence_keeps_at_least_one_token():

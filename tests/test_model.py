@@ -57,6 +57,26 @@ def test_scores_cover_all_items_and_predict_agrees_with_full_sort():
     assert torch.allclose(paired, full[torch.arange(3), torch.tensor([4, 9, 2])], atol=1e-5)
 
 
+def test_history_bias_moves_only_history_items_in_every_scoring_path():
+    """full_sort_predict and predict add the offset to the row's own history items; the serving protocol's
+    history_offset says how much; a frozen backbone leaves it trainable."""
+    plain, biased = build(), build(history_bias=True)
+    with torch.no_grad():
+        biased.history_bias.bias.fill_(-0.3)
+    offset = -0.3 / plain.temperature
+    hits = torch.zeros(3, 12, dtype=torch.bool)
+    for row, (seq, length) in enumerate(zip(SEQ, LEN)):
+        hits[row, seq[:length]] = True
+    expected = plain.full_sort_predict(batch()) + hits * offset
+    assert torch.allclose(biased.full_sort_predict(batch()), expected, atol=1e-5)
+    assert biased.history_offset().item() == pytest.approx(offset) and plain.history_offset() is None
+    targets = (2, 9, 2)  # row 0: 2 is in its history
+    paired = biased.predict(batch(targets))
+    assert torch.allclose(paired, expected[torch.arange(3), torch.tensor(targets)], atol=1e-5)
+    biased.freeze_backbone()
+    assert biased.history_bias.bias.requires_grad
+
+
 def test_fusion_with_zero_factor_is_the_static_mean():
     cos = torch.randn(2, 4, 7)  # [M, B, C]
     present = torch.ones(2, 1, 7, dtype=torch.bool)

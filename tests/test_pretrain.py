@@ -30,6 +30,11 @@ def pretrain_model(dims=(10, 6), **overrides):
     return model
 
 
+def test_pretraining_builds_no_history_bias():
+    """Pre-training ranks in-batch targets, not a history's items: the fine-tuning option adds nothing there."""
+    assert pretrain_model(history_bias=True).history_bias is None
+
+
 def pretrain_batch(target=(5, 11, 2)):
     view_seq, view_len, word_drop = pretrain_view(SEQ, LEN, 0.5, 0.5, torch.Generator().manual_seed(3))
     return {

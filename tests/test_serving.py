@@ -184,6 +184,30 @@ def test_unknown_history_tokens_are_reported(trained):
     assert not {"1", "4"} & set(excluded["items"]) and len(excluded["items"]) == K
 
 
+@pytest.mark.parametrize("model", ["MISSRec", "UniSRec"])
+def test_a_history_bias_is_served_exactly_and_two_stage(trained, model):
+    """history_bias: the bundle ranks as full_sort_predict (the export check adds the protocol's
+    history_offset); a bias that lifts seen items puts the history first, also two-stage when the index
+    returns fewer candidates than the history holds."""
+    run = trained("inductive_ft", model, history_bias=True)
+    histories, expected_tokens, expected_scores = top_k_of_trained_model(run.checkpoint)
+    recommender = Recommender.load(run.bundle)
+    assert recommender.model.history_offset() is not None
+    results = recommender.recommend(histories, k=K)
+    assert [result["items"] for result in results] == expected_tokens
+    assert torch.allclose(torch.tensor([result["scores"] for result in results]), expected_scores, atol=1e-5)
+    with torch.no_grad():
+        recommender.model.history_bias.bias.fill_(2.0)  # every seen item above every other (cosines span 2)
+    history = ["3", "5", "7"]
+    exact = recommender.recommend([history], k=K)[0]
+    assert sorted(exact["items"][:3]) == history
+    assert "history_offset" in recommender.item_embeddings()
+    recommender.build_index(k_prime=2, kind="flat")
+    two_stage = recommender.recommend([history], k=K)[0]
+    assert two_stage["items"][:3] == exact["items"][:3]
+    assert np.allclose(two_stage["scores"][:3], exact["scores"][:3], atol=1e-5)
+
+
 def test_add_items_refuses_existing_tokens_and_items_without_features(trained):
     recommender = Recommender.load(trained("inductive_ft").bundle)
     rows = np.ones((1, recommender.stores["text"].dim), dtype=np.float32)

@@ -230,6 +230,22 @@ def test_inductive_model_scores_an_unseen_item_by_its_features():
     assert torch.allclose(scores[:, 11], scores[:, 4]) and not torch.allclose(scores[:, 10], scores[:, 4])
 
 
+def test_history_bias_offsets_the_cosines_of_history_items_in_both_scoring_paths():
+    """The bias is in cosine units here (UniSRec's scores are cosines); pre-training builds none."""
+    plain, biased = build("inductive_ft", **QUIET).eval(), build("inductive_ft", history_bias=True, **QUIET).eval()
+    with torch.no_grad():
+        biased.history_bias.bias.fill_(-0.4)
+    hits = torch.zeros(3, 12, dtype=torch.bool)
+    for row, (seq, length) in enumerate(zip(SEQ, LEN)):
+        hits[row, seq[:length]] = True
+    expected = plain.full_sort_predict(batch()) - 0.4 * hits
+    assert torch.allclose(biased.full_sort_predict(batch()), expected, atol=1e-5)
+    targets = (2, 9, 3)  # rows 0 and 2: in the history
+    assert torch.allclose(biased.predict(batch(targets)), expected[torch.arange(3), torch.tensor(targets)], atol=1e-5)
+    assert biased.history_offset().item() == pytest.approx(-0.4) and plain.history_offset() is None
+    assert build("pretrain", history_bias=True).history_bias is None
+
+
 def test_freeze_backbone_freezes_exactly_the_position_table_and_the_transformer():
     model = build("transductive_ft")
     model.freeze_backbone()

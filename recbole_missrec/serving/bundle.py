@@ -187,13 +187,13 @@ def export_bundle(checkpoint, out, data_path=None):
 
 
 def _check_export(out, model):
-    """The bundle's model, through the serving protocol (``forward`` + ``score``), must score like the
-    checkpoint model's ``full_sort_predict`` on a few histories of the first items; else the bundle is
-    removed and the error says which."""
+    """The bundle's model, through the serving protocol (``forward``, ``score``, ``history_offset``), must
+    score like the checkpoint model's ``full_sort_predict`` on a few histories of the first items; else the
+    bundle is removed and the error says which."""
     import torch
     from recbole.data.interaction import Interaction
 
-    from recbole_missrec.serving.recommender import Recommender
+    from recbole_missrec.serving.recommender import Recommender, with_history_offset
 
     def fail(reason):
         shutil.rmtree(out, ignore_errors=True)
@@ -208,7 +208,9 @@ def _check_export(out, model):
     with torch.no_grad():
         expected = model.full_sort_predict(Interaction({model.ITEM_SEQ: seq, model.ITEM_SEQ_LEN: lengths}))
         try:
-            got = served.score(served(seq[:, :length], lengths), torch.arange(1, served.n_items))
+            candidates = torch.arange(1, served.n_items)
+            got = with_history_offset(served, served.score(served(seq[:, :length], lengths), candidates),
+                                      candidates, seq[:, :length])
         except AttributeError as error:
             fail(f"{type(model).__name__} does not implement the serving protocol ({error})")
     if got.shape != expected[:, 1:].shape or not torch.allclose(got, expected[:, 1:], atol=1e-5):

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from recbole_missrec.data.feature_store import FeatureStore
+from recbole_missrec.model.layers import history_hits
 from recbole_missrec.serving.bundle import BundleError, read_bundle, update_items
 
 EXACT_CHUNK = 65536  # candidates per exact ``score`` call: bounds the [B, C, ...] intermediates
@@ -176,11 +177,15 @@ class Recommender:
         else:
             k_prime = self.k_prime + (seq.shape[1] if exclude_history else 0)
             queries = {name: q.float().numpy() for name, q in self.model.query_vectors(query).items()}
-            chunks = [torch.from_numpy(self.index.search(queries, k_prime))]
+            found = torch.from_numpy(self.index.search(queries, k_prime))
+            # a model's history offset can lift a history item the index did not return: score those too
+            lifted = history_offset(self.model) is not None
+            chunks = [torch.unique(torch.cat([found, seq[seq > 0]])) if lifted else found]
         best_scores = torch.full((len(rows), 0), float("-inf"))
         best_ids = torch.zeros((len(rows), 0), dtype=torch.long)
         for candidates in chunks:  # sorted ids
             scores = self.model.score(query, candidates).masked_fill(candidates == 0, float("-inf"))  # [B, C]
+            scores = with_history_offset(self.model, scores, candidates, seq)
             if exclude_history:
                 mask_history(scores, candidates, seq)
             scores = torch.cat([best_scores, scores], dim=1)
@@ -287,7 +292,18 @@ class Recommender:
 def mask_history(scores, candidates, seq):
     """Set the scores of every row's history items to -inf, in place. scores [B, C] over sorted
     ``candidates`` [C]; seq [B, L] (0 = padding)."""
-    position = torch.searchsorted(candidates, seq).clamp_max(len(candidates) - 1)  # [B, L]
-    hit = (candidates[position] == seq) & (seq > 0)
-    rows = torch.arange(seq.shape[0]).unsqueeze(1).expand_as(seq)
-    scores[rows[hit], position[hit]] = float("-inf")
+    scores.masked_fill_(history_hits(seq, candidates), float("-inf"))
+
+
+def history_offset(model):
+    """The logit offset the model gives the items of a row's own history (the protocol's optional
+    ``history_offset``), or None."""
+    method = getattr(model, "history_offset", None)
+    return None if method is None else method()
+
+
+def with_history_offset(model, scores, candidates, seq):
+    """``scores`` [B, C] of sorted ``candidates`` [C] plus the model's history offset where a candidate is in
+    the row's history ``seq`` [B, L]; unchanged for a model without one."""
+    offset = history_offset(model)
+    return scores if offset is None else scores + history_hits(seq, candidates).to(scores.dtype) * offset

@@ -24,8 +24,8 @@ from torch import nn
 
 from recbole_missrec.data.dataset import AUGMENTED_TEXT
 from recbole_missrec.model.layers import (
-    MoEAdaptor, duplicate_mask, full_softmax_ce, in_batch_infonce, local_rows, modality_presence, normal_init,
-    per_distinct, presence_weights, run_or_recompute, transfer_weights,
+    HistoryBias, MoEAdaptor, duplicate_mask, full_softmax_ce, in_batch_infonce, local_rows, modality_presence,
+    normal_init, per_distinct, presence_weights, run_or_recompute, transfer_weights,
 )
 from recbole_missrec.model.missrec.fusion import fuse_modalities, mix_id_score
 from recbole_missrec.model.missrec.interest import (
@@ -121,6 +121,8 @@ class MISSRec(SequentialRecommender):
         self.modality_gate = nn.Parameter(torch.ones(len(self.modalities))) if gated else None
         dynamic = self.item_mm_fusion == "dynamic_shared" and len(self.modalities) > 1
         self.fusion_factor = nn.Parameter(torch.zeros(())) if dynamic else None
+        fine_tuning = self.train_stage != "pretrain"  # pre-training ranks in-batch targets, not histories
+        self.history_bias = HistoryBias(1 / self.temperature) if config["history_bias"] and fine_tuning else None
 
         num_tokens = int(self.item_present[1:].sum())
         self.n_interests = (0 if self.interest_method == "none"
@@ -356,7 +358,10 @@ class MISSRec(SequentialRecommender):
         seq_output, memory, valid = self.encode(
             interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN], item_tokens=tokens
         )
-        return self.score(seq_output, all_items, tokens=tokens), memory, valid
+        logits = self.score(seq_output, all_items, tokens=tokens)
+        if self.history_bias is not None:
+            logits = self.history_bias(logits, interaction[self.ITEM_SEQ])
+        return logits, memory, valid
 
     def calculate_loss(self, interaction):
         if self.train_stage == "pretrain":
@@ -394,8 +399,9 @@ class MISSRec(SequentialRecommender):
         }
 
     def predict(self, interaction):
-        seq_output = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
-        return self.score(seq_output, interaction[self.ITEM_ID], paired=True)
+        item_seq, item_ids = interaction[self.ITEM_SEQ], interaction[self.ITEM_ID]
+        logits = self.score(self.forward(item_seq, interaction[self.ITEM_SEQ_LEN]), item_ids, paired=True)
+        return logits if self.history_bias is None else self.history_bias.paired(logits, item_seq, item_ids)
 
     def full_sort_predict(self, interaction):
         return self._score_all_items(interaction)[0]
@@ -434,6 +440,10 @@ class MISSRec(SequentialRecommender):
                      "(id + 2 * modalities) / 3, the trained items' scale, and they add no ID vector in a history")
         return note
 
+    def history_offset(self):
+        """The logit offset of a row's own history items in ``full_sort_predict`` (``history_bias``), or None."""
+        return None if self.history_bias is None else self.history_bias.offset().detach()
+
     @torch.no_grad()
     def retrieval_vectors(self, item_ids):
         """{index name: (vectors [C, d], usable [C] bool)} whose inner products with the sequence vector bound
@@ -468,7 +478,8 @@ class MISSRec(SequentialRecommender):
     def item_embeddings(self, item_ids):
         """What ``score`` uses, for export: ``modality_tokens`` [C, M, d] (normalised, modality order
         ``self.modalities``), ``present`` [C, M], ``fusion_factor`` f (0-d; absent with static fusion),
-        ``temperature``; transductive also ``id`` [C, d] (normalised) and ``has_id`` [C].
+        ``temperature``; transductive also ``id`` [C, d] (normalised) and ``has_id`` [C]; with ``history_bias``,
+        ``history_offset`` (0-d), added to the score of an item of the row's own history.
 
         score(s, item) = fused / temperature with cos_m = s . modality_tokens[m] over present m, weights
         softmax(f * cos) (static: the mean), fused = sum_m w_m cos_m; transductive: fused = (s . id + 2 * fused) / 3,
@@ -479,6 +490,8 @@ class MISSRec(SequentialRecommender):
             out["fusion_factor"] = self.fusion_factor.detach()
         if self.item_embedding is not None:
             out["id"], out["has_id"] = self._id_vectors(item_ids), self._has_id(item_ids)
+        if self.history_bias is not None:
+            out["history_offset"] = self.history_offset()
         return out
 
     # ---- transfer --------------------------------------------------------------------------------

@@ -26,8 +26,8 @@ from torch import nn
 
 from recbole_missrec.data.dataset import AUGMENTED_TEXT
 from recbole_missrec.model.layers import (
-    DUPLICATE_MODES, ITEM_DROP_MODES, MoEAdaptor, duplicate_mask, full_softmax_ce, in_batch_infonce, local_rows,
-    normal_init, run_or_recompute, transfer_weights,
+    DUPLICATE_MODES, ITEM_DROP_MODES, HistoryBias, MoEAdaptor, duplicate_mask, full_softmax_ce, in_batch_infonce,
+    local_rows, normal_init, run_or_recompute, transfer_weights,
 )
 from recbole_missrec.model.unisrec.views import AUGMENT_CHOICES, VIEW_SEQ, VIEW_SEQ_LEN, VIEW_WORD_DROP, add_view
 
@@ -82,6 +82,9 @@ class UniSRec(SequentialRecommender):
         # whitening biases and gate matrices 0, so the gates start uniform).
         self.moe_adaptor = MoEAdaptor(self.n_exps, text.dim, d, self.adaptor_dropout_prob, expert="whitening",
                                       noise=self.adaptor_noise)
+        # scores are cosines here (training divides by temperature), so the bias is added in their units
+        fine_tuning = self.train_stage != "pretrain"
+        self.history_bias = HistoryBias(1.0) if config["history_bias"] and fine_tuning else None
         if self.train_stage == "pretrain":
             self._init_pretrain(config, dataset)
 
@@ -152,7 +155,8 @@ class UniSRec(SequentialRecommender):
         all_items = torch.arange(self.n_items, device=item_seq.device)
         tokens = self.item_tokens(all_items)  # [N, d]
         seq_output = self.encode(item_seq, item_seq_len, tokens[item_seq])
-        return seq_output @ self.candidates(tokens, all_items).T
+        scores = seq_output @ self.candidates(tokens, all_items).T
+        return scores if self.history_bias is None else self.history_bias(scores, item_seq)
 
     # ---- losses ----------------------------------------------------------------------------------
     def calculate_loss(self, interaction):
@@ -185,9 +189,10 @@ class UniSRec(SequentialRecommender):
     # ---- evaluation ------------------------------------------------------------------------------
     def predict(self, interaction):
         """Cosine of each sequence with its own candidate item, [B]."""
-        item_ids = interaction[self.ITEM_ID]
+        item_seq, item_ids = interaction[self.ITEM_SEQ], interaction[self.ITEM_ID]
         candidates = self.candidates(self.item_tokens(item_ids), item_ids)  # [B, d]
-        return (self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN]) * candidates).sum(-1)
+        scores = (self.forward(item_seq, interaction[self.ITEM_SEQ_LEN]) * candidates).sum(-1)
+        return scores if self.history_bias is None else self.history_bias.paired(scores, item_seq, item_ids)
 
     def full_sort_predict(self, interaction):
         """Cosine of each sequence with every item, [B, N]."""
@@ -208,6 +213,10 @@ class UniSRec(SequentialRecommender):
         """Cosines [B, C] of queries [B, d] (``forward``) with candidates item_ids [C]: the columns of
         ``full_sort_predict``."""
         return query @ self.candidates(self.item_tokens(item_ids), item_ids).T
+
+    def history_offset(self):
+        """The offset of a row's own history items in ``full_sort_predict`` (``history_bias``), or None."""
+        return None if self.history_bias is None else self.history_bias.offset().detach()
 
     @torch.no_grad()
     def add_items(self, stores):
@@ -242,9 +251,13 @@ class UniSRec(SequentialRecommender):
         """What ``score`` uses, for export: ``vectors`` [C, d], every item's unit vector: MoE(text), plus its ID
         embedding in transductive fine-tuning (none for items added later), L2-normalised.
 
-        score(q, item) = q . vectors[item] (a cosine), q the unit sequence vector (``forward``). Training
-        divides it by ``temperature``, which does not change the ranking."""
-        return {"vectors": self.candidates(self.item_tokens(item_ids), item_ids)}
+        score(q, item) = q . vectors[item] (a cosine), q the unit sequence vector (``forward``), plus
+        ``history_offset`` (with ``history_bias``) for an item of the row's own history. Training divides it
+        by ``temperature``, which does not change the ranking."""
+        out = {"vectors": self.candidates(self.item_tokens(item_ids), item_ids)}
+        if self.history_bias is not None:
+            out["history_offset"] = self.history_offset()
+        return out
 
     # ---- transfer --------------------------------------------------------------------------------
     def load_pretrained(self, state_dict):
