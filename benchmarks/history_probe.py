@@ -30,11 +30,10 @@ import torch
 from recbole.data.interaction import Interaction
 
 from compare import parse_row, row_runs
-from coldstart import ranks_among_scores, reload_run, row_metrics_at_k
+from coldstart import K, ranks_among_scores, reload_run, row_metrics_at_k
 from report import mean_std, write_results
 
 FIGURES = ("ndcg@10", "ndcg@10, last item only", "ndcg@10, history excluded", "overlap@10", "echo@1", "echo@10")
-K = 10
 
 
 def last_item_only(interaction, seq_field, length_field):
