@@ -206,6 +206,12 @@ def test_a_history_bias_is_served_exactly_and_two_stage(trained, model):
     two_stage = recommender.recommend([history], k=K)[0]
     assert two_stage["items"][:3] == exact["items"][:3]
     assert np.allclose(two_stage["scores"][:3], exact["scores"][:3], atol=1e-5)
+    # a bias that sinks seen items: the index's top k' may be history items, so it is searched wider
+    with torch.no_grad():
+        recommender.model.history_bias.bias.fill_(-2.0)
+    recommender.build_index(k_prime=K, kind="flat")
+    sunk = recommender.recommend([history], k=K)[0]
+    assert len(sunk["items"]) == K and not set(history) & set(sunk["items"])
 
 
 def test_add_items_refuses_existing_tokens_and_items_without_features(trained):

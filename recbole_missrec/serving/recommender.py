@@ -175,12 +175,13 @@ class Recommender:
         if self.index is None:
             chunks = torch.arange(self.model.n_items).split(EXACT_CHUNK)
         else:
-            k_prime = self.k_prime + (seq.shape[1] if exclude_history else 0)
+            offset = history_offset(self.model)
+            # history items the index returns may drop below the rest (excluded, or a negative offset): widen
+            k_prime = self.k_prime + (seq.shape[1] if exclude_history or offset is not None else 0)
             queries = {name: q.float().numpy() for name, q in self.model.query_vectors(query).items()}
             found = torch.from_numpy(self.index.search(queries, k_prime))
-            # a model's history offset can lift a history item the index did not return: score those too
-            lifted = history_offset(self.model) is not None
-            chunks = [torch.unique(torch.cat([found, seq[seq > 0]])) if lifted else found]
+            # ... and a positive offset can lift history items the index did not return: score those too
+            chunks = [found if offset is None else torch.unique(torch.cat([found, seq[seq > 0]]))]
         best_scores = torch.full((len(rows), 0), float("-inf"))
         best_ids = torch.zeros((len(rows), 0), dtype=torch.long)
         for candidates in chunks:  # sorted ids
