@@ -69,7 +69,7 @@ def test_history_hits_mark_each_rows_own_items_over_all_items_or_sorted_candidat
 
 def test_history_bias_offsets_only_history_items_and_learns_from_the_loss():
     """The offset is the bias in cosine units times the scale; the cross-entropy of a target outside the
-    history pushes the bias down (here: the history item outscores the target)."""
+    history always pushes the bias down (its gradient is the scale times the history items' softmax mass)."""
     layer = HistoryBias(scale=10.0)
     seq = torch.tensor([[2, 1, 0]])
     logits = torch.tensor([[0.0, 3.0, 1.0, 2.0]])
