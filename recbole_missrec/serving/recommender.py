@@ -172,10 +172,10 @@ class Recommender:
     def _top_k(self, rows, k, exclude_history):
         """(scores [B, k], internal ids [B, k]) of the best candidates of every history."""
         query, seq = self._queries(rows)
+        offset = history_offset(self.model)
         if self.index is None:
             chunks = torch.arange(self.model.n_items).split(EXACT_CHUNK)
         else:
-            offset = history_offset(self.model)
             # history items the index returns may drop below the rest (excluded, or a negative offset): widen
             k_prime = self.k_prime + (seq.shape[1] if exclude_history or offset is not None else 0)
             queries = {name: q.float().numpy() for name, q in self.model.query_vectors(query).items()}
@@ -186,9 +186,7 @@ class Recommender:
         best_ids = torch.zeros((len(rows), 0), dtype=torch.long)
         for candidates in chunks:  # sorted ids
             scores = self.model.score(query, candidates).masked_fill(candidates == 0, float("-inf"))  # [B, C]
-            scores = with_history_offset(self.model, scores, candidates, seq)
-            if exclude_history:
-                mask_history(scores, candidates, seq)
+            scores = adjust_history(scores, candidates, seq, offset, exclude_history)
             scores = torch.cat([best_scores, scores], dim=1)
             scores, positions = scores.topk(min(k, scores.shape[1]), dim=1)
             best_ids = torch.cat([best_ids, candidates.expand(len(rows), -1)], dim=1).gather(1, positions)
@@ -290,12 +288,6 @@ class Recommender:
         return manifest
 
 
-def mask_history(scores, candidates, seq):
-    """Set the scores of every row's history items to -inf, in place. scores [B, C] over sorted
-    ``candidates`` [C]; seq [B, L] (0 = padding)."""
-    scores.masked_fill_(history_hits(seq, candidates), float("-inf"))
-
-
 def history_offset(model):
     """The logit offset the model gives the items of a row's own history (the protocol's optional
     ``history_offset``), or None."""
@@ -303,8 +295,12 @@ def history_offset(model):
     return None if method is None else method()
 
 
-def with_history_offset(model, scores, candidates, seq):
-    """``scores`` [B, C] of sorted ``candidates`` [C] plus the model's history offset where a candidate is in
-    the row's history ``seq`` [B, L]; unchanged for a model without one."""
-    offset = history_offset(model)
-    return scores if offset is None else scores + history_hits(seq, candidates).to(scores.dtype) * offset
+def adjust_history(scores, candidates, seq, offset=None, exclude=False):
+    """``scores`` [B, C] of sorted ``candidates`` [C] with the items of each row's history ``seq`` [B, L]
+    (0 = padding) moved by the model's ``offset`` (None: not moved) and, with ``exclude``, set to -inf."""
+    if offset is None and not exclude:
+        return scores
+    hits = history_hits(seq, candidates)  # [B, C]
+    if offset is not None:
+        scores = scores + hits.to(scores.dtype) * offset
+    return scores.masked_fill(hits, float("-inf")) if exclude else scores
