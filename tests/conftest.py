@@ -132,6 +132,21 @@ def reevaluated_test_result(checkpoint):
     return dict(PluginTrainer(config, model).evaluate(test_data, load_best_model=False, show_progress=False))
 
 
+def check_history_offset(plain, biased, make_batch, offset, targets):
+    """``biased`` (``history_bias`` set) scores as ``plain`` plus ``offset`` on each row's own history items, in
+    ``full_sort_predict`` and ``predict`` (candidates ``targets``), and reports it as ``history_offset``.
+    ``make_batch(targets)``: a test module's batch of histories and candidates."""
+    interaction = make_batch()
+    hits = torch.zeros(len(interaction["item_id_list"]), plain.n_items, dtype=torch.bool)
+    for row, (items, length) in enumerate(zip(interaction["item_id_list"], interaction["item_length"])):
+        hits[row, items[:length]] = True
+    expected = plain.full_sort_predict(interaction) + hits * offset
+    assert torch.allclose(biased.full_sort_predict(interaction), expected, atol=1e-5)
+    paired = biased.predict(make_batch(targets))
+    assert torch.allclose(paired, expected[torch.arange(len(targets)), torch.tensor(targets)], atol=1e-5)
+    assert biased.history_offset().item() == pytest.approx(offset) and plain.history_offset() is None
+
+
 def tiny_run_config(root, **overrides):
     """config_dict for a fast end-to-end run on a dataset written by write_benchmark_dataset."""
     config = {

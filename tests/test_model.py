@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from conftest import fake_dataset, model_config
+from conftest import check_history_offset, fake_dataset, model_config
 from recbole_missrec.data.feature_store import store_from_rows
 from recbole_missrec.model import MISSRec
 from recbole_missrec.model.layers import full_softmax_ce
@@ -63,16 +63,7 @@ def test_history_bias_moves_only_history_items_in_every_scoring_path():
     plain, biased = build(), build(history_bias=True)
     with torch.no_grad():
         biased.history_bias.bias.fill_(-0.3)
-    offset = -0.3 / plain.temperature
-    hits = torch.zeros(3, 12, dtype=torch.bool)
-    for row, (seq, length) in enumerate(zip(SEQ, LEN)):
-        hits[row, seq[:length]] = True
-    expected = plain.full_sort_predict(batch()) + hits * offset
-    assert torch.allclose(biased.full_sort_predict(batch()), expected, atol=1e-5)
-    assert biased.history_offset().item() == pytest.approx(offset) and plain.history_offset() is None
-    targets = (2, 9, 2)  # row 0: 2 is in its history
-    paired = biased.predict(batch(targets))
-    assert torch.allclose(paired, expected[torch.arange(3), torch.tensor(targets)], atol=1e-5)
+    check_history_offset(plain, biased, batch, -0.3 / plain.temperature, targets=(2, 9, 2))  # row 0: 2 is seen
     biased.freeze_backbone()
     assert biased.history_bias.bias.requires_grad
 

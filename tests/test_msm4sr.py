@@ -9,7 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import ModelConfig, fake_dataset, plugin_defaults, reevaluated_test_result, tiny_run_config, write_benchmark_dataset
+from conftest import (
+    ModelConfig, check_history_offset, fake_dataset, plugin_defaults, reevaluated_test_result, tiny_run_config,
+    write_benchmark_dataset,
+)
 from recbole_missrec.config import PluginConfig
 from recbole_missrec.data.feature_file import write_multi_vector_file
 from recbole_missrec.data.feature_store import FeatureStore
@@ -253,6 +256,19 @@ def test_finetune_score_is_the_sum_of_two_cosines_and_ranking_ignores_temperatur
     assert torch.allclose(paired, expected[[0, 1, 2], [4, 9, 11]])
     hotter = build("finetune", temperature=1.0).eval()
     assert torch.equal(hotter.full_sort_predict(batch()), scores)
+
+
+def test_history_bias_offsets_history_items_by_its_cosine_units_times_the_modalities():
+    """Scores are sums of two cosines, so a bias of -0.4 (cosine units) moves a history item by -0.8, in
+    ``full_sort_predict`` and ``predict``; it trains with a frozen backbone; pre-training builds none."""
+    plain, biased = build("inductive_ft").eval(), build("inductive_ft", history_bias=True).eval()
+    with torch.no_grad():
+        biased.history_bias.bias.fill_(-0.4)
+    check_history_offset(plain, biased, batch, -0.8, targets=(2, 9, 3))  # rows 0 and 2: in the history
+    biased.train().freeze_backbone()
+    biased.calculate_loss(batch((2, 9, 3))).backward()
+    assert biased.history_bias.bias.requires_grad and biased.history_bias.bias.grad.abs() > 0
+    assert build("pretrain", history_bias=True).history_bias is None
 
 
 def test_finetuning_cross_entropy_is_over_the_real_items_only():

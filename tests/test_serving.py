@@ -184,7 +184,7 @@ def test_unknown_history_tokens_are_reported(trained):
     assert not {"1", "4"} & set(excluded["items"]) and len(excluded["items"]) == K
 
 
-@pytest.mark.parametrize("model", ["MISSRec", "UniSRec"])
+@pytest.mark.parametrize("model", ["MISSRec", "UniSRec", "MSM4SR"])
 def test_a_history_bias_is_served_exactly_and_two_stage(trained, model):
     """history_bias: the bundle ranks as full_sort_predict (the export check adds the protocol's
     history_offset); a bias that lifts seen items puts the history first, also two-stage when the index
@@ -197,7 +197,7 @@ def test_a_history_bias_is_served_exactly_and_two_stage(trained, model):
     assert [result["items"] for result in results] == expected_tokens
     assert torch.allclose(torch.tensor([result["scores"] for result in results]), expected_scores, atol=1e-5)
     with torch.no_grad():
-        recommender.model.history_bias.bias.fill_(2.0)  # every seen item above every other (cosines span 2)
+        recommender.model.history_bias.bias.fill_(2.0)  # every seen item above every other (a cosine spans 2)
     history = ["3", "5", "7"]
     exact = recommender.recommend([history], k=K)[0]
     assert sorted(exact["items"][:3]) == history

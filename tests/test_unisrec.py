@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from conftest import (
-    ModelConfig, fake_dataset, plugin_defaults, tiny_pretrain_config, tiny_run_config, write_benchmark_dataset,
-    write_pretrain_dataset,
+    ModelConfig, check_history_offset, fake_dataset, plugin_defaults, tiny_pretrain_config, tiny_run_config,
+    write_benchmark_dataset, write_pretrain_dataset,
 )
 from recbole_missrec.config import PluginConfig
 from recbole_missrec.model import UniSRec
@@ -235,14 +235,7 @@ def test_history_bias_offsets_the_cosines_of_history_items_in_both_scoring_paths
     plain, biased = build("inductive_ft", **QUIET).eval(), build("inductive_ft", history_bias=True, **QUIET).eval()
     with torch.no_grad():
         biased.history_bias.bias.fill_(-0.4)
-    hits = torch.zeros(3, 12, dtype=torch.bool)
-    for row, (seq, length) in enumerate(zip(SEQ, LEN)):
-        hits[row, seq[:length]] = True
-    expected = plain.full_sort_predict(batch()) - 0.4 * hits
-    assert torch.allclose(biased.full_sort_predict(batch()), expected, atol=1e-5)
-    targets = (2, 9, 3)  # rows 0 and 2: in the history
-    assert torch.allclose(biased.predict(batch(targets)), expected[torch.arange(3), torch.tensor(targets)], atol=1e-5)
-    assert biased.history_offset().item() == pytest.approx(-0.4) and plain.history_offset() is None
+    check_history_offset(plain, biased, batch, -0.4, targets=(2, 9, 3))  # rows 0 and 2: in the history
     assert build("pretrain", history_bias=True).history_bias is None
 
 

@@ -15,7 +15,8 @@ dataset)``, from the bundle's plain config and an object with ``num(item field)`
     exact scores of the given candidates, equal to ``full_sort_predict``'s columns for them.
 ``history_offset() -> 0-d tensor | None`` (optional)
     a logit offset ``full_sort_predict`` adds to the items of a row's own history (``history_bias`` of
-    MISSRec and UniSRec); the core adds it to ``score``'s columns of those items. Absent or None: no offset.
+    MISSRec, UniSRec and MSM4SR); the core adds it to ``score``'s columns of those items (and exports it as
+    ``history_offset`` beside ``item_embeddings``). Absent or None: no offset.
 ``add_items(stores) -> str | None``
     make items ``n_items .. n_items + n - 1`` candidates at once from their features alone. ``stores``:
     {store name: FeatureStore of the n new rows, no padding row}, one per store of the bundle (an item

@@ -224,12 +224,16 @@ class Recommender:
 
     def item_embeddings(self):
         """{"tokens": item tokens, plus the model's ``item_embeddings`` of every item as arrays (row i = tokens[i];
-        model-level scalars once)}. The family's ``item_embeddings`` docstring says how they score."""
+        model-level scalars once), plus ``history_offset`` where the model has one (added to the score of an
+        item of the row's own history)}. The family's ``item_embeddings`` docstring says how they score."""
         parts = [self.model.item_embeddings(chunk) for chunk in torch.arange(1, self.model.n_items).split(INDEX_CHUNK)]
         out = {"tokens": self.tokens[1:]}
         for name, first in parts[0].items():
             value = first if first.dim() == 0 else torch.cat([part[name] for part in parts])
             out[name] = value.numpy()
+        offset = history_offset(self.model)
+        if offset is not None:
+            out["history_offset"] = offset.numpy()
         return out
 
     # ---- new items -------------------------------------------------------------------------------

@@ -478,8 +478,8 @@ class MISSRec(SequentialRecommender):
     def item_embeddings(self, item_ids):
         """What ``score`` uses, for export: ``modality_tokens`` [C, M, d] (normalised, modality order
         ``self.modalities``), ``present`` [C, M], ``fusion_factor`` f (0-d; absent with static fusion),
-        ``temperature``; transductive also ``id`` [C, d] (normalised) and ``has_id`` [C]; with ``history_bias``,
-        ``history_offset`` (0-d), added to the score of an item of the row's own history.
+        ``temperature``; transductive also ``id`` [C, d] (normalised) and ``has_id`` [C]. With ``history_bias``,
+        the export adds ``history_offset`` to the score of an item of the row's own history.
 
         score(s, item) = fused / temperature with cos_m = s . modality_tokens[m] over present m, weights
         softmax(f * cos) (static: the mean), fused = sum_m w_m cos_m; transductive: fused = (s . id + 2 * fused) / 3,
@@ -490,8 +490,6 @@ class MISSRec(SequentialRecommender):
             out["fusion_factor"] = self.fusion_factor.detach()
         if self.item_embedding is not None:
             out["id"], out["has_id"] = self._id_vectors(item_ids), self._has_id(item_ids)
-        if self.history_bias is not None:
-            out["history_offset"] = self.history_offset()
         return out
 
     # ---- transfer --------------------------------------------------------------------------------

@@ -26,8 +26,11 @@ no mixup).
 Hooks the plugin's trainers call: ``prepare_batch`` (pre-training augmentation draws) and ``gather_rows``
 (in-batch negatives from every data-parallel rank, when ``gather_negatives``); fine-tuning runs use
 ``load_pretrained`` and ``freeze_backbone``. The serving protocol (``recbole_missrec/serving/__init__.py``):
-``forward`` (the query, [B, M, d]), ``score``, ``add_items``, ``retrieval_vectors``, ``query_vectors``,
-``item_embeddings``.
+``forward`` (the query, [B, M, d]), ``score``, ``history_offset``, ``add_items``, ``retrieval_vectors``,
+``query_vectors``, ``item_embeddings``.
+
+``history_bias`` (off by default; a plugin addition, not the paper's): one learned offset for the items of a
+row's own history (``layers.HistoryBias``), as in MISSRec and UniSRec.
 """
 from functools import partial
 
@@ -38,8 +41,8 @@ from recbole.model.layers import TransformerEncoder
 from torch import nn
 
 from recbole_missrec.model.layers import (
-    DUPLICATE_MODES, ITEM_DROP_MODES, duplicate_mask, full_softmax_ce, in_batch_infonce, item_drop, local_rows,
-    modality_presence, normal_init, per_distinct, presence_weights, transfer_weights,
+    DUPLICATE_MODES, ITEM_DROP_MODES, HistoryBias, duplicate_mask, full_softmax_ce, in_batch_infonce, item_drop,
+    local_rows, modality_presence, normal_init, per_distinct, presence_weights, transfer_weights,
 )
 from recbole_missrec.model.msm4sr.augment import AUG_KEEP, AUG_MIX, add_augmentations, complementary_mixup
 from recbole_missrec.model.msm4sr.item_encoder import ItemEncoder
@@ -121,6 +124,9 @@ class MSM4SR(SequentialRecommender):
                            self.pool_trainable, self.pool_mask_pad, self.pool_act)
             for m, store in stores.items()
         })
+        # scores are sums of M cosines (training divides by temperature): the bias is in cosine units, times M
+        fine_tuning = self.train_stage != "pretrain"
+        self.history_bias = HistoryBias(len(self.modalities)) if config["history_bias"] and fine_tuning else None
         if self.train_stage == "pretrain":
             self._init_pretrain(config)
 
@@ -194,11 +200,13 @@ class MSM4SR(SequentialRecommender):
         return self.encode(item_seq, item_seq_len, self.sequence_tokens(tokens, item_seq))
 
     def full_scores(self, item_seq, item_seq_len):
-        """Sum of the modality cosines of every sequence with every item: [B, N] (column 0 is padding)."""
+        """Sum of the modality cosines of every sequence with every item, plus the history offset
+        (``history_bias``): [B, N] (column 0 is padding)."""
         all_items = torch.arange(self.n_items, device=item_seq.device)
         tokens = self.item_tokens(all_items)  # [N, M, d]
         seq_output = self.forward(item_seq, item_seq_len, tokens)
-        return seq_output.flatten(1) @ self.weighted_candidates(tokens, all_items).T
+        scores = seq_output.flatten(1) @ self.weighted_candidates(tokens, all_items).T
+        return scores if self.history_bias is None else self.history_bias(scores, item_seq)
 
     # ---- losses ----------------------------------------------------------------------------------
     def calculate_loss(self, interaction):
@@ -252,9 +260,10 @@ class MSM4SR(SequentialRecommender):
 
     # ---- evaluation ------------------------------------------------------------------------------
     def predict(self, interaction):
-        item_ids = interaction[self.ITEM_ID]
-        seq_output = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
-        return (seq_output.flatten(1) * self.weighted_candidates(self.item_tokens(item_ids), item_ids)).sum(-1)
+        item_seq, item_ids = interaction[self.ITEM_SEQ], interaction[self.ITEM_ID]
+        seq_output = self.forward(item_seq, interaction[self.ITEM_SEQ_LEN])
+        scores = (seq_output.flatten(1) * self.weighted_candidates(self.item_tokens(item_ids), item_ids)).sum(-1)
+        return scores if self.history_bias is None else self.history_bias.paired(scores, item_seq, item_ids)
 
     def full_sort_predict(self, interaction):
         scores = self.full_scores(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
@@ -275,6 +284,10 @@ class MSM4SR(SequentialRecommender):
         """Scores [B, C] of candidates item_ids [C] for queries [B, M, d] (``forward``): the columns of
         ``full_sort_predict``."""
         return query.flatten(1) @ self.weighted_candidates(self.item_tokens(item_ids), item_ids).T
+
+    def history_offset(self):
+        """The offset of a row's own history items in ``full_sort_predict`` (``history_bias``), or None."""
+        return None if self.history_bias is None else self.history_bias.offset().detach()
 
     @torch.no_grad()
     def add_items(self, stores):
@@ -321,8 +334,9 @@ class MSM4SR(SequentialRecommender):
         for a missing one.
 
         score(q, item) = q.flatten() . vectors[item], q [M, d] the unit sequence vectors (``forward``), one per
-        modality: the sum of the cosines of the present modalities, renormalised to M of them. Training
-        divides it by ``temperature``, which does not change the ranking."""
+        modality: the sum of the cosines of the present modalities, renormalised to M of them, plus
+        ``history_offset`` (with ``history_bias``) for an item of the row's own history. Training divides it
+        by ``temperature``, which does not change the ranking."""
         return {"vectors": self.weighted_candidates(self.item_tokens(item_ids), item_ids)}
 
     # ---- transfer --------------------------------------------------------------------------------

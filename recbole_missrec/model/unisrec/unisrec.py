@@ -254,10 +254,7 @@ class UniSRec(SequentialRecommender):
         score(q, item) = q . vectors[item] (a cosine), q the unit sequence vector (``forward``), plus
         ``history_offset`` (with ``history_bias``) for an item of the row's own history. Training divides it
         by ``temperature``, which does not change the ranking."""
-        out = {"vectors": self.candidates(self.item_tokens(item_ids), item_ids)}
-        if self.history_bias is not None:
-            out["history_offset"] = self.history_offset()
-        return out
+        return {"vectors": self.candidates(self.item_tokens(item_ids), item_ids)}
 
     # ---- transfer --------------------------------------------------------------------------------
     def load_pretrained(self, state_dict):
