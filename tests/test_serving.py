@@ -201,7 +201,7 @@ def test_a_history_bias_is_served_exactly_and_two_stage(trained, model):
     history = ["3", "5", "7"]
     exact = recommender.recommend([history], k=K)[0]
     assert sorted(exact["items"][:3]) == history
-    assert "history_offset" in recommender.item_embeddings()
+    assert recommender.item_embeddings()["history_offset"] == pytest.approx(recommender.model.history_offset().item())
     recommender.build_index(k_prime=2, kind="flat")
     two_stage = recommender.recommend([history], k=K)[0]
     assert two_stage["items"][:3] == exact["items"][:3]

@@ -478,8 +478,8 @@ class MISSRec(SequentialRecommender):
     def item_embeddings(self, item_ids):
         """What ``score`` uses, for export: ``modality_tokens`` [C, M, d] (normalised, modality order
         ``self.modalities``), ``present`` [C, M], ``fusion_factor`` f (0-d; absent with static fusion),
-        ``temperature``; transductive also ``id`` [C, d] (normalised) and ``has_id`` [C]. With ``history_bias``,
-        the export adds ``history_offset`` to the score of an item of the row's own history.
+        ``temperature``; transductive also ``id`` [C, d] (normalised) and ``has_id`` [C]. With ``history_bias``
+        the export also holds ``history_offset`` (0-d), added to the score of an item of the row's own history.
 
         score(s, item) = fused / temperature with cos_m = s . modality_tokens[m] over present m, weights
         softmax(f * cos) (static: the mean), fused = sum_m w_m cos_m; transductive: fused = (s . id + 2 * fused) / 3,
