@@ -45,6 +45,10 @@ from recbole_missrec.utils import recbole_deprecations_silenced
 # Keys RecBole's Config derives itself; a stored config leaves them out so that it can be fed back in.
 DERIVED_CONFIG_KEYS = ("MODEL_TYPE", "MODEL_INPUT_TYPE", "eval_type", "device", "single_spec", "local_rank",
                        "valid_neg_sample_args", "test_neg_sample_args")
+# Keys that say where a run reads, writes and logs, not what it computes: a resumed run may change them.
+PLACEMENT_CONFIG_KEYS = frozenset({"checkpoint_dir", "data_path", "feature_path", "dataset_save_path",
+                                   "dataloaders_save_path", "save_dataset", "save_dataloaders", "gpu_id", "use_gpu",
+                                   "worker", "state", "show_progress", "log_wandb", "wandb_project"})
 
 
 class CheckpointError(ValueError):
@@ -87,6 +91,13 @@ def _plain(value):
         items = {str(key): _plain(item) for key, item in value.items()}
         return {key: item for key, (item, _) in items.items()}, all(ok for _, ok in items.values())
     return None, False
+
+
+def changed_settings(stored, current):
+    """``key: stored -> current`` for every setting two plain configs disagree on, placement keys aside. A key
+    only one of them has (a setting added to the plugin since the stored run began) is not compared."""
+    keys = sorted((set(stored) & set(current)) - PLACEMENT_CONFIG_KEYS)
+    return [f"{key}: {stored[key]!r} -> {current[key]!r}" for key in keys if stored[key] != current[key]]
 
 
 def plain_config(config):
@@ -342,11 +353,17 @@ class ResumableFitMixin:
             self._resumed_rng = None
 
     def resume_progress(self, path):
-        """Load the progress file ``path`` (written by a run of the same model and settings)."""
+        """Load the progress file ``path``, written by a run of the same model and settings. A run with other
+        settings (a longer patience, another learning rate) is refused rather than continued: its stored
+        epochs, or its stored result when it had ended, would be reported as the new settings' run."""
         state = load_state(str(path), self.device)
         if state.get("train_stage") != "progress" or state.get("model") != self.config["model"]:
             raise CheckpointError(f"{path} is not a {self.config['model']} progress file of this plugin: pass the "
                                   f"file a run with `resume` wrote, or delete it to start afresh")
+        changed = changed_settings(state["config"], plain_config(self.config))
+        if changed:
+            raise CheckpointError(f"{path} continues a run with other settings ({'; '.join(changed)}): run with the "
+                                  f"stored settings, or delete {path} (or pick another checkpoint_dir) to start afresh")
         if not os.path.isfile(state["best_checkpoint"]):
             raise CheckpointError(f"{path} continues a run whose best checkpoint {state['best_checkpoint']} is gone: "
                                   f"delete {path} to start afresh")

@@ -72,6 +72,20 @@ def test_a_progress_file_of_another_model_is_refused(tmp_path):
         run_recbole_missrec("MISSRec", "toy", config_dict=config, resume=str(tmp_path / "saved" / progress))
 
 
+def test_a_progress_file_of_other_settings_is_refused(tmp_path):
+    """A finished run resumed with a longer patience would report its old result as the new settings' run."""
+    write_benchmark_dataset(tmp_path)
+    config = tiny_run_config(tmp_path, epochs=1, topk=[5, 10], stopping_step=2)
+    run_recbole_missrec("SASRec", "toy", config_dict=config, resume=True)
+    (progress,) = [name for name in os.listdir(tmp_path / "saved") if name.endswith("-progress.pth")]
+    moved = dict(config, stopping_step=30, show_progress=True)
+    with pytest.raises(CheckpointError, match=rf"{progress} continues a run with other settings \(stopping_step: 2 -> 30\)"
+                                              rf".* delete .*{progress}"):
+        run_recbole_missrec("SASRec", "toy", config_dict=moved, resume=True)
+    again = run_recbole_missrec("SASRec", "toy", config_dict=dict(config, show_progress=True), resume=True)
+    assert len(again["history"]) == 1  # placement and logging keys may change: the stored run is continued
+
+
 def atomic_run_config(tmp_path):
     """An atomic ``toy.inter`` read with RecBole's default ``load_col`` (user and item only)."""
     config = tiny_run_config(tmp_path, epochs=1, topk=[5, 10], train_stage="inductive_ft", benchmark_filename=None,
