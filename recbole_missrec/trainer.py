@@ -93,10 +93,10 @@ def _plain(value):
     return None, False
 
 
-def changed_settings(stored, current):
-    """``key: stored -> current`` for every setting two plain configs disagree on, placement keys aside. A key
-    only one of them has (a setting added to the plugin since the stored run began) is not compared."""
-    keys = sorted((set(stored) & set(current)) - PLACEMENT_CONFIG_KEYS)
+def changed_settings(stored, current, free=()):
+    """``key: stored -> current`` for every setting two plain configs disagree on, placement keys and ``free``
+    aside. A key only one of them has (a setting added to the plugin since the stored run began) is not compared."""
+    keys = sorted((set(stored) & set(current)) - PLACEMENT_CONFIG_KEYS - set(free))
     return [f"{key}: {stored[key]!r} -> {current[key]!r}" for key in keys if stored[key] != current[key]]
 
 
@@ -352,6 +352,14 @@ class ResumableFitMixin:
             set_rng_state(self._resumed_rng, train_data.generator)
             self._resumed_rng = None
 
+    def _refuse_other_settings(self, stored, path, free=()):
+        """Raise when the run stored in ``path`` had settings other than this run's (``free``: keys that may
+        change on resuming)."""
+        changed = changed_settings(stored, plain_config(self.config), free)
+        if changed:
+            raise CheckpointError(f"{path} continues a run with other settings ({'; '.join(changed)}): run with the "
+                                  f"stored settings, or delete {path} (or pick another checkpoint_dir) to start afresh")
+
     def resume_progress(self, path):
         """Load the progress file ``path``, written by a run of the same model and settings. A run with other
         settings (a longer patience, another learning rate) is refused rather than continued: its stored
@@ -360,10 +368,7 @@ class ResumableFitMixin:
         if state.get("train_stage") != "progress" or state.get("model") != self.config["model"]:
             raise CheckpointError(f"{path} is not a {self.config['model']} progress file of this plugin: pass the "
                                   f"file a run with `resume` wrote, or delete it to start afresh")
-        changed = changed_settings(state["config"], plain_config(self.config))
-        if changed:
-            raise CheckpointError(f"{path} continues a run with other settings ({'; '.join(changed)}): run with the "
-                                  f"stored settings, or delete {path} (or pick another checkpoint_dir) to start afresh")
+        self._refuse_other_settings(state["config"], path)
         if not os.path.isfile(state["best_checkpoint"]):
             raise CheckpointError(f"{path} continues a run whose best checkpoint {state['best_checkpoint']} is gone: "
                                   f"delete {path} to start afresh")
@@ -576,6 +581,9 @@ class PretrainTrainer(PluginTrainer):
         checkpoint = load_state(str(resume_file), self.device)
         if checkpoint.get("train_stage") != "pretrain" or checkpoint.get("model") != self.config["model"]:
             raise CheckpointError(f"{resume_file} is not a {self.config['model']} pre-training checkpoint of this plugin")
+        # More epochs continue a constant-rate run exactly; a cosine schedule's rates depend on its length.
+        free = ("save_step", "epochs") if self.config["lr_schedule"] in (None, "constant") else ("save_step",)
+        self._refuse_other_settings(checkpoint["config"], resume_file, free)
         self._restore(checkpoint, resume_file)
         self.scheduler.load_state_dict(checkpoint["scheduler"])
         self.saved_model_file = str(resume_file)

@@ -13,7 +13,7 @@ from recbole_missrec.model import MISSRec
 from recbole_missrec.model.layers import item_drop
 from recbole_missrec.model.missrec.views import VIEW_SEQ, VIEW_SEQ_LEN, VIEW_WORD_DROP, pretrain_view
 from recbole_missrec.quick_start import run_recbole_missrec
-from recbole_missrec.trainer import latest_checkpoint, load_state
+from recbole_missrec.trainer import CheckpointError, latest_checkpoint, load_state
 
 SEQ = torch.tensor([[1, 2, 3, 4, 0, 0], [5, 6, 7, 8, 9, 10], [11, 0, 0, 0, 0, 0]])
 LEN = torch.tensor([4, 6, 1])
@@ -148,6 +148,20 @@ def test_pretraining_end_to_end_writes_periodic_weights_only_checkpoints(tmp_pat
     history = result["history"]
     assert len(history) == 3 and all(record["sequences_per_second"] > 0 for record in history)
     assert history[-1]["loss_per_batch"][0] < history[0]["loss_per_batch"][0]
+
+
+def test_pretraining_resumes_with_more_epochs_but_not_with_other_settings(tmp_path):
+    """A constant-rate run may be extended (more epochs, another save_step); another learning rate would
+    continue the stored epochs as if they had been trained with it, so it is refused."""
+    write_pretrain_dataset(tmp_path)
+    config = tiny_pretrain_config(tmp_path, epochs=1, save_step=1)
+    run_recbole_missrec("MISSRec", "pt", config_dict=config)
+    with pytest.raises(CheckpointError, match=r"MISSRec-pt-pretrain-1\.pth continues a run with other settings "
+                                              r"\(learning_rate: 0\.001 -> 0\.01\)"):
+        run_recbole_missrec("MISSRec", "pt", config_dict=dict(config, epochs=2, learning_rate=0.01), resume=True)
+    extended = run_recbole_missrec("MISSRec", "pt", config_dict=dict(config, epochs=2, save_step=2), resume=True)
+    assert [record["epoch"] for record in extended["history"]] == [0, 1]
+    assert sorted(os.listdir(tmp_path / "saved")) == ["MISSRec-pt-pretrain-1.pth", "MISSRec-pt-pretrain-2.pth"]
 
 
 def test_latest_checkpoint_orders_epochs_numerically(tmp_path):
