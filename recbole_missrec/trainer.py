@@ -545,7 +545,8 @@ class PretrainTrainer(PluginTrainer):
         if self.validates(config):
             return
         self.save_step = config["save_step"]
-        self.scheduler = self._build_scheduler(config["lr_schedule"] or "constant")
+        self.lr_schedule = config["lr_schedule"] or "constant"
+        self.scheduler = self._build_scheduler(self.lr_schedule)
         self.checkpoint_prefix = os.path.join(self.checkpoint_dir, f"{config['model']}-{config['dataset']}-pretrain")
         self.saved_model_file = None
 
@@ -582,7 +583,7 @@ class PretrainTrainer(PluginTrainer):
         if checkpoint.get("train_stage") != "pretrain" or checkpoint.get("model") != self.config["model"]:
             raise CheckpointError(f"{resume_file} is not a {self.config['model']} pre-training checkpoint of this plugin")
         # More epochs continue a constant-rate run exactly; a cosine schedule's rates depend on its length.
-        free = ("save_step", "epochs") if self.config["lr_schedule"] in (None, "constant") else ("save_step",)
+        free = ("save_step", "epochs") if self.lr_schedule == "constant" else ("save_step",)
         self._refuse_other_settings(checkpoint["config"], resume_file, free)
         self._restore(checkpoint, resume_file)
         self.scheduler.load_state_dict(checkpoint["scheduler"])
