@@ -28,6 +28,8 @@ from variants import DEFAULT_VARIANTS, VARIANTS, checkpoint_of, expand_variants,
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 QUICK_BUDGET = {"epochs": 1, "stopping_step": 1, "s3rec_pretrain_epochs": 1}
+# Budget keys a finished run may go on under when they grow (the trainer's BUDGET_CONFIG_KEYS).
+GROWING_BUDGET = ("epochs", "stopping_step")
 PROGRESS = re.compile(r"epoch \d+ (training|evaluating)|test result|Traceback|Error")
 ERROR_TAIL_LINES = 40
 
@@ -105,6 +107,19 @@ def machine():
 
 def run_id(variant, seed):
     return f"{variant}__seed{seed}"
+
+
+def extends(stored, current, variant):
+    """Whether a finished run of budget ``stored`` goes on under ``current``: only the epoch cap and the
+    patience grew, and ``variant`` trains in one stage. Its progress file then continues it from its last
+    epoch (the trainer's ``resume_progress``) to what a fresh run with the larger budget gives. A two-stage
+    variant is kept as it is: its pre-training stage would train on too, under a fine-tuning stage resumed
+    from the earlier pre-trained weights."""
+    if stored == current or "pretrain" in variant.stages:
+        return False
+    fixed = [key for key in set(stored) | set(current) if key not in GROWING_BUDGET]
+    return all(stored.get(key) == current.get(key) for key in fixed) and \
+        all(current[key] >= stored[key] for key in GROWING_BUDGET)
 
 
 def finished(path):
@@ -189,7 +204,9 @@ def sweep(args, folder, name, out_dir, work_dir, checkpoints):
         prefix = f"[{index}/{len(pairs)} {variant_name} seed {seed}]"
         record_path = os.path.join(out_dir, "runs", run_id(variant_name, seed) + ".json")
         done = finished(record_path)
-        if done:
+        if done and extends(done["budget"], run_budget, VARIANTS[variant_name]):
+            print(f"{prefix} finished earlier under budget {done['budget']}: going on under this one", flush=True)
+        elif done:
             note = "" if done["budget"] == run_budget else f" (kept; its budget was {done['budget']})"
             print(f"{prefix} finished earlier, skipped{note}", flush=True)
             continue
@@ -202,8 +219,10 @@ def sweep(args, folder, name, out_dir, work_dir, checkpoints):
                   "status": "ok" if summary else "failed", "budget": run_budget, "config": spec["config"],
                   "pretrained": spec["pretrained"], "machine": host, "started": started, "seconds": perf_counter() - clock}
         record.update(summary or {"error": error})
-        atomic_write_json(record_path, record, indent=1)  # a killed sweep leaves no half "finished" record
+        if summary or not done:  # a failed extension keeps the finished record it set out from
+            atomic_write_json(record_path, record, indent=1)  # a killed sweep leaves no half "finished" record
         outcome = f"test NDCG@10 {summary['test']['ndcg@10']:.4f}" if summary else "FAILED: " + last_error_line(error)
+        outcome += "" if summary or not done else f" (its finished record under budget {done['budget']} is kept)"
         print(f"{prefix} done in {record['seconds']:.0f}s, {outcome}", flush=True)
 
 

@@ -49,6 +49,8 @@ DERIVED_CONFIG_KEYS = ("MODEL_TYPE", "MODEL_INPUT_TYPE", "eval_type", "device", 
 PLACEMENT_CONFIG_KEYS = frozenset({"checkpoint_dir", "data_path", "feature_path", "dataset_save_path",
                                    "dataloaders_save_path", "save_dataset", "save_dataloaders", "gpu_id", "use_gpu",
                                    "worker", "state", "show_progress", "log_wandb", "wandb_project"})
+# The training budget: a resumed run with validation may raise either (see ResumableFitMixin.resume_progress).
+BUDGET_CONFIG_KEYS = ("epochs", "stopping_step")
 
 
 class CheckpointError(ValueError):
@@ -98,6 +100,21 @@ def changed_settings(stored, current, free=()):
     aside. A key only one of them has (a setting added to the plugin since the stored run began) is not compared."""
     keys = sorted((set(stored) & set(current)) - PLACEMENT_CONFIG_KEYS - set(free))
     return [f"{key}: {stored[key]!r} -> {current[key]!r}" for key in keys if stored[key] != current[key]]
+
+
+def checkpoint_beside(progress_path, stored_path):
+    """The best checkpoint a progress file names, or its namesake beside the progress file when the stored path
+    is gone: a run writes both into one ``checkpoint_dir``, so a folder moved or renamed whole still resumes."""
+    if os.path.isfile(stored_path):
+        return stored_path
+    beside = os.path.join(os.path.dirname(os.path.abspath(progress_path)), os.path.basename(stored_path))
+    return beside if os.path.isfile(beside) else stored_path
+
+
+def last_trained_epoch(state):
+    """The last epoch a progress file's run trained. An ended run's file records its budget's last epoch
+    (``epochs - 1``) even when early stopping ended it sooner; the history has one record per epoch."""
+    return state["history"][-1]["epoch"] if state["history"] else state["epoch"]
 
 
 def plain_config(config):
@@ -310,7 +327,8 @@ class ResumableFitMixin:
     on other random draws. With ``progress_file`` set, the state after every validation (model, optimizer,
     early-stopping counters, best result and the best checkpoint's path, history, every random stream) is
     written atomically to that one file. After ``resume_progress``, ``fit`` continues bit-for-bit; when the
-    stored run had ended, it returns the stored best result without training.
+    stored run had ended, and would have under this run's budget too, it returns the stored best result
+    without training.
     """
 
     progress_file = None
@@ -352,40 +370,49 @@ class ResumableFitMixin:
             set_rng_state(self._resumed_rng, train_data.generator)
             self._resumed_rng = None
 
-    def _refuse_other_settings(self, stored, path, free=()):
+    def _refuse_other_settings(self, stored, path, free=(), growing=()):
         """Raise when the run stored in ``path`` had settings other than this run's (``free``: keys that may
-        change on resuming)."""
-        changed = changed_settings(stored, plain_config(self.config), free)
+        change on resuming; ``growing``: keys that may grow, not shrink)."""
+        current = plain_config(self.config)
+        shrunk = {key for key in growing if key in stored and key in current and current[key] < stored[key]}
+        changed = changed_settings(stored, current, set(free) | (set(growing) - shrunk))
         if changed:
             raise CheckpointError(f"{path} continues a run with other settings ({'; '.join(changed)}): run with the "
                                   f"stored settings, or delete {path} (or pick another checkpoint_dir) to start afresh")
 
     def resume_progress(self, path):
-        """Load the progress file ``path``, written by a run of the same model and settings. A run with other
-        settings (a longer patience, another learning rate) is refused rather than continued: its stored
-        epochs, or its stored result when it had ended, would be reported as the new settings' run."""
+        """Load the progress file ``path``, written by a run of the same model and settings, or of the same
+        settings with a smaller budget. More ``epochs`` or a longer patience (``stopping_step``) continue the
+        stored run from its last epoch, even when it had ended: the run with the larger budget trains the same
+        epochs up to there, so the result is the one a fresh run with it would give, without repeating them.
+        Any other change (a smaller budget, another learning rate) is refused rather than continued: the
+        stored epochs, or the stored result of an ended run, would be reported as the new settings' run."""
         state = load_state(str(path), self.device)
         if state.get("train_stage") != "progress" or state.get("model") != self.config["model"]:
             raise CheckpointError(f"{path} is not a {self.config['model']} progress file of this plugin: pass the "
                                   f"file a run with `resume` wrote, or delete it to start afresh")
-        self._refuse_other_settings(state["config"], path)
-        if not os.path.isfile(state["best_checkpoint"]):
+        self._refuse_other_settings(state["config"], path, growing=BUDGET_CONFIG_KEYS)
+        best_checkpoint = checkpoint_beside(path, state["best_checkpoint"])
+        if not os.path.isfile(best_checkpoint):
             raise CheckpointError(f"{path} continues a run whose best checkpoint {state['best_checkpoint']} is gone: "
                                   f"delete {path} to start afresh")
         self._restore(state, path)
         self.cur_step = state["cur_step"]
         self.best_valid_score = state["best_valid_score"]
         self.best_valid_result = state["best_valid_result"]
-        self.saved_model_file = state["best_checkpoint"]
+        self.saved_model_file = best_checkpoint
         self.loss_names = state["loss_names"]
-        self._finished = state["finished"]
-        done = "finished, nothing to train" if self._finished else f"next epoch {self.start_epoch}"
-        self.logger.info(f"Resumed from {path}: {done}")
+        if state["finished"]:
+            self.start_epoch = last_trained_epoch(state) + 1
+        # Nothing left when early stopping ended it and would at this patience too, or the budget is spent.
+        self._finished = self.cur_step > self.stopping_step or self.start_epoch >= self.epochs
+        self.logger.info(f"Resumed from {path}: "
+                         + ("finished, nothing to train" if self._finished else f"next epoch {self.start_epoch}"))
 
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
         if self.progress_file is None:
             return super().fit(train_data, valid_data, verbose, saved, show_progress, callback_fn)
-        if self._finished or self.start_epoch >= self.epochs:  # RecBole would overwrite the best checkpoint
+        if self._finished:  # RecBole would overwrite the best checkpoint
             return self.best_valid_score, self.best_valid_result
         self._continue_random_streams(train_data)
 

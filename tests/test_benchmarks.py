@@ -25,8 +25,9 @@ sys.path.insert(0, BENCHMARKS)
 from attributes import category_path, category_tokens, prepare_working_copy  # noqa: E402
 from compare import main as compare_main  # noqa: E402
 from report import mean_std  # noqa: E402
+from run import extends  # noqa: E402
 from single_run import best_epoch, summarize  # noqa: E402
-from variants import expand_variants, parse_checkpoints  # noqa: E402
+from variants import VARIANTS, expand_variants, parse_checkpoints  # noqa: E402
 
 TOY_LAYOUT = {
     "benchmark_filename": ["train", "valid", "test"], "alias_of_item_id": ["item_id_list"],
@@ -48,9 +49,9 @@ def write_item_text(folder, name="toy", n_items=TOY_ITEMS):
             index.write(f"ASIN{item}\t{item}\n")
 
 
-def run_harness(tmp_path, *extra):
+def run_harness(tmp_path, *extra, budget=("--quick",)):
     command = [sys.executable, os.path.join(BENCHMARKS, "run.py"), "--dataset", "toy", "--data_path", str(tmp_path),
-               "--quick", "--config-files", str(tmp_path / "toy.yaml"), "--out", str(tmp_path / "out"),
+               *budget, "--config-files", str(tmp_path / "toy.yaml"), "--out", str(tmp_path / "out"),
                "--work", str(tmp_path / "work"), "--threads", "1", *extra]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -83,6 +84,38 @@ def test_working_copy_links_the_data_and_adds_the_item_file(toy, tmp_path):
     shutil.copytree(tmp_path / "toy", moved)
     prepare_working_copy(str(moved), str(tmp_path / "work"))
     assert os.readlink(os.path.join(data_path, "toy", "toy.train.inter")) == str(moved / "toy.train.inter")
+
+
+def test_a_larger_budget_goes_on_from_where_a_finished_run_ended(toy):
+    """More epochs continue the finished SASRec run from its last epoch (no epoch trained twice) and replace its
+    record; a smaller budget keeps the record, and so does an extension that fails."""
+    def sweep(epochs):
+        return run_harness(toy, "--models", "SASRec", "--seeds", "1", budget=("--epochs", epochs, "--stopping-step", "5"))
+
+    record_path = toy / "out" / "runs" / "SASRec__seed1.json"
+    assert "epoch 0 training" in sweep("1")
+    longer = sweep("3")
+    assert "going on under this one" in longer and "epoch 0 training" not in longer and "epoch 2 training" in longer
+    record = json.loads(record_path.read_text())
+    assert [r["epoch"] for r in record["history"]] == [0, 1, 2] and record["budget"]["epochs"] == 3
+    shorter = sweep("2")
+    assert "kept; its budget was" in shorter and "running" not in shorter
+    assert json.loads(record_path.read_text()) == record
+    os.remove(record["checkpoint"])  # the progress file's best checkpoint: going on fails
+    broken = sweep("4")
+    assert "FAILED" in broken and "its finished record under budget" in broken
+    assert json.loads(record_path.read_text()) == record
+
+
+def test_only_a_grown_epoch_cap_or_patience_of_a_one_stage_run_extends_it():
+    one_stage, two_stage = VARIANTS["SASRec"], VARIANTS["MSM4SR+in-domain-pretrain"]
+    budget = {"epochs": 10, "stopping_step": 3, "s3rec_pretrain_epochs": 10, "overrides": {}}
+    assert extends(budget, dict(budget, stopping_step=30), one_stage)
+    assert extends(budget, dict(budget, epochs=20, stopping_step=5), one_stage)
+    assert not extends(budget, budget, one_stage)
+    assert not extends(budget, dict(budget, epochs=20, stopping_step=2), one_stage)
+    assert not extends(budget, dict(budget, epochs=20, overrides={"learning_rate": 0.01}), one_stage)
+    assert not extends(budget, dict(budget, stopping_step=30), two_stage)
 
 
 def test_quick_sweep_writes_reports_and_resumes(toy):

@@ -72,16 +72,54 @@ def test_a_progress_file_of_another_model_is_refused(tmp_path):
         run_recbole_missrec("MISSRec", "toy", config_dict=config, resume=str(tmp_path / "saved" / progress))
 
 
+def valid_scores(result):
+    return [record["valid_score"] for record in result["history"]]
+
+
+def test_a_larger_budget_continues_a_stopped_run_as_a_fresh_run_with_it(tmp_path):
+    """An ended run resumed with a longer patience, then with more epochs, trains on from its last epoch and ends
+    where a fresh run with the larger budget ends, bit for bit, without repeating the stored epochs."""
+    write_benchmark_dataset(tmp_path)
+    config = tiny_run_config(tmp_path, epochs=6, learning_rate=0.01, topk=[5, 10], stopping_step=0)
+    fresh = run_recbole_missrec("SASRec", "toy", config_dict=dict(config, epochs=8, stopping_step=1,
+                                                                   checkpoint_dir=str(tmp_path / "fresh")), resume=True)
+    stopped = run_recbole_missrec("SASRec", "toy", config_dict=config, resume=True)
+    assert len(stopped["history"]) < 6  # patience 0 ended it early: there is something to continue
+
+    longer_patience = run_recbole_missrec("SASRec", "toy", config_dict=dict(config, stopping_step=1), resume=True)
+    assert valid_scores(longer_patience) == valid_scores(fresh)[:6]
+    more_epochs = run_recbole_missrec("SASRec", "toy", config_dict=dict(config, epochs=8, stopping_step=1), resume=True)
+    assert [r["epoch"] for r in more_epochs["history"]] == list(range(8))
+    assert [r["train_loss"] for r in more_epochs["history"]] == [r["train_loss"] for r in fresh["history"]]
+    assert valid_scores(more_epochs) == valid_scores(fresh)
+    assert more_epochs["test_result"] == fresh["test_result"]
+
+
+def test_a_checkpoint_dir_moved_whole_still_resumes(tmp_path):
+    """The progress file names its best checkpoint by the path it had; the namesake beside it is taken."""
+    write_benchmark_dataset(tmp_path)
+    config = tiny_run_config(tmp_path, epochs=2, topk=[5, 10], checkpoint_dir=str(tmp_path / "before"))
+    ended = run_recbole_missrec("SASRec", "toy", config_dict=config, resume=True)
+    os.rename(tmp_path / "before", tmp_path / "after")
+    moved = run_recbole_missrec("SASRec", "toy", config_dict=dict(config, checkpoint_dir=str(tmp_path / "after"),
+                                                                  epochs=3), resume=True)
+    assert [r["epoch"] for r in moved["history"]] == [0, 1, 2]
+    assert os.path.dirname(moved["checkpoint"]) == str(tmp_path / "after") and not (tmp_path / "before").exists()
+    assert valid_scores(moved)[:2] == valid_scores(ended)
+
+
 def test_a_progress_file_of_other_settings_is_refused(tmp_path):
-    """A finished run resumed with a longer patience would report its old result as the new settings' run."""
+    """A finished run resumed with a shorter patience or another learning rate would report its old result as
+    the new settings' run."""
     write_benchmark_dataset(tmp_path)
     config = tiny_run_config(tmp_path, epochs=1, topk=[5, 10], stopping_step=2)
     run_recbole_missrec("SASRec", "toy", config_dict=config, resume=True)
     (progress,) = [name for name in os.listdir(tmp_path / "saved") if name.endswith("-progress.pth")]
-    longer_patience = dict(config, stopping_step=30, show_progress=True)
-    with pytest.raises(CheckpointError, match=rf"{progress} continues a run with other settings \(stopping_step: 2 -> 30\)"
-                                              rf".* delete .*{progress}"):
-        run_recbole_missrec("SASRec", "toy", config_dict=longer_patience, resume=True)
+    for key, value, change in (("stopping_step", 1, "stopping_step: 2 -> 1"),
+                               ("learning_rate", 0.01, "learning_rate: 0.001 -> 0.01")):
+        with pytest.raises(CheckpointError, match=rf"{progress} continues a run with other settings \({change}\)"
+                                                  rf".* delete .*{progress}"):
+            run_recbole_missrec("SASRec", "toy", config_dict=dict(config, **{key: value}), resume=True)
     again = run_recbole_missrec("SASRec", "toy", config_dict=dict(config, show_progress=True), resume=True)
     assert len(again["history"]) == 1  # a logging key may change: the stored run is taken, not refused
 
