@@ -5,9 +5,10 @@
 Each (model variant, seed) runs in a fresh process (single_run.py) with the work folder as its working
 directory, and its record is written to <out>/runs/ as soon as it ends; re-running the same command skips
 the finished runs and continues an interrupted one from its last validated epoch (``resume``), so a long
-sweep can be completed over several sittings. A crashed run is recorded as failed with the tail of its
-output (and continued next time); it does not stop the sweep. After the sweep, <out>/results.json,
-table.md and benchmark.png are rebuilt from all records.
+sweep can be completed over several sittings; with a larger --epochs or --stopping-step it continues the
+finished one-stage runs too. A crashed run is recorded as failed with the tail of its output (and continued
+next time); it does not stop the sweep. After the sweep, <out>/results.json, table.md and benchmark.png are
+rebuilt from all records.
 """
 import argparse
 import json
