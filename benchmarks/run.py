@@ -220,10 +220,12 @@ def sweep(args, folder, name, out_dir, work_dir, checkpoints):
                   "status": "ok" if summary else "failed", "budget": run_budget, "config": spec["config"],
                   "pretrained": spec["pretrained"], "machine": host, "started": started, "seconds": perf_counter() - clock}
         record.update(summary or {"error": error})
-        if summary or not done:  # a failed extension keeps the finished record it set out from
+        kept = done and not summary  # a failed extension keeps the finished record it set out from
+        if not kept:
             atomic_write_json(record_path, record, indent=1)  # a killed sweep leaves no half "finished" record
         outcome = f"test NDCG@10 {summary['test']['ndcg@10']:.4f}" if summary else "FAILED: " + last_error_line(error)
-        outcome += "" if summary or not done else f" (its finished record under budget {done['budget']} is kept)"
+        if kept:
+            outcome += f" (its finished record under budget {done['budget']} is kept)"
         print(f"{prefix} done in {record['seconds']:.0f}s, {outcome}", flush=True)
 
 

@@ -34,6 +34,10 @@ def test_missrec_end_to_end_on_benchmark_files(tmp_path):
     assert result["trainable_params"] == result["total_params"] > 0
 
 
+def valid_scores(result):
+    return [record["valid_score"] for record in result["history"]]
+
+
 class Crash(Exception):
     """Stands in for a kill between epochs."""
 
@@ -52,7 +56,7 @@ def test_a_crashed_run_with_validation_resumes_bit_for_bit(tmp_path, model):
 
     assert [r["epoch"] for r in resumed["history"]] == [0, 1, 2, 3]
     assert [r["train_loss"] for r in resumed["history"]] == [r["train_loss"] for r in straight["history"]]
-    assert [r["valid_score"] for r in resumed["history"]] == [r["valid_score"] for r in straight["history"]]
+    assert valid_scores(resumed) == valid_scores(straight)
     assert resumed["test_result"] == straight["test_result"]
     expected, actual = load_state(straight["checkpoint"]), load_state(resumed["checkpoint"])
     assert expected["epoch"] == actual["epoch"]
@@ -70,10 +74,6 @@ def test_a_progress_file_of_another_model_is_refused(tmp_path):
     (progress,) = [name for name in os.listdir(tmp_path / "saved") if name.endswith("-progress.pth")]
     with pytest.raises(CheckpointError, match=rf"{progress} is not a MISSRec progress file .* delete it"):
         run_recbole_missrec("MISSRec", "toy", config_dict=config, resume=str(tmp_path / "saved" / progress))
-
-
-def valid_scores(result):
-    return [record["valid_score"] for record in result["history"]]
 
 
 def test_a_larger_budget_continues_a_stopped_run_as_a_fresh_run_with_it(tmp_path):
