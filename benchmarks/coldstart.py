@@ -9,7 +9,8 @@ checkpoint (``load_data_and_model``), its test rows are ranked against all items
 reported per popularity bucket of the test target: how often the item occurs in the training
 interactions (as a target or in a history): 0, 1-4, 5-9, 10-19, >= 20. Mean ± std over the seeds of each
 variant, the bucket sizes, a plot. A run whose checkpoint is gone (a lost work folder) keeps the figures an
-earlier pass wrote for it, so seeds can be added to a folder after its first runs' checkpoints are lost.
+earlier pass wrote for it, so seeds can be added to a folder after its first runs' checkpoints are lost; a
+work folder moved or renamed whole is named with ``--moved OLD=NEW`` (records keep absolute paths).
 Writes <results>/coldstart_buckets.json, .md and .png; ``--split valid`` ranks the validation rows instead
 (the checkpoint is the best validation epoch's) into coldstart_buckets_valid.*, which puts a valid-to-test
 gap side by side per bucket.
@@ -59,7 +60,7 @@ from new_items import (
 )
 from recbole_missrec.atomic import atomic_open, atomic_write_json
 from recbole_missrec.paths import properties_dir
-from report import json_object, load_runs, read_own_json
+from report import add_moved_option, json_object, load_runs, moved_folders, read_own_json, relocated
 from variants import VARIANTS
 
 BUCKETS = ((0, 0), (1, 4), (5, 9), (10, 19), (20, None))
@@ -197,7 +198,8 @@ def bucket_result(record, data_path, earlier, split="test"):
     if kept is None or kept[figure] != value:
         raise SystemExit(f"{record['checkpoint']} (the checkpoint of {key[0]} seed {key[1]}) is missing and "
                          f"{buckets_stem(split)}.json holds no figures of that run matching its record: "
-                         "re-run it with benchmarks/run.py, or leave it out with --models or --seeds")
+                         "re-run it with benchmarks/run.py, leave it out with --models or --seeds, or name its "
+                         "work folder's new place with --moved OLD=NEW")
     print(f"{key[0]} seed {key[1]}: checkpoint gone, its earlier bucket figures kept", flush=True)
     return kept
 
@@ -273,7 +275,7 @@ def plot(table, path, title, split="test"):
 
 
 def run_buckets(args):
-    records = [record for record in load_runs(args.results)
+    records = [relocated(record, moved_folders(args.moved)) for record in load_runs(args.results)
                if record.get("status") == "ok" and record.get("checkpoint")
                and (not args.models or record["variant"] in args.models)
                and (not args.seeds or record["seed"] in args.seeds)]
@@ -684,6 +686,7 @@ def main(argv=None):
     buckets.add_argument("--data_path", help="where the runs' data lives now (default: as recorded)")
     buckets.add_argument("--split", choices=("test", "valid"), default="test",
                          help="whose rows are ranked (valid: written to coldstart_buckets_valid.*)")
+    add_moved_option(buckets)
     buckets.set_defaults(run=run_buckets)
     add_new_items_parser(commands)
     add_few_users_parser(commands)

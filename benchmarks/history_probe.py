@@ -21,7 +21,8 @@ all items, with the full history and with the history cut to its last item. Per 
 
 Ties count as a random order, as in ``coldstart.target_ranks``. Model-agnostic (any model with
 ``full_sort_predict``). Rows are ``LABEL=FOLDER[:VARIANT]`` as in ``compare.py``; mean ± std over each row's
-runs whose checkpoint still exists (the others are named and skipped). Writes <out>/history_probe.json and .md.
+runs whose checkpoint still exists (the others are named and skipped); ``--moved OLD=NEW`` names a work folder
+moved or renamed whole since its runs. Writes <out>/history_probe.json and .md.
 """
 import argparse
 import os
@@ -31,7 +32,7 @@ from recbole.data.interaction import Interaction
 
 from compare import parse_row, row_runs
 from coldstart import K, ranks_among_scores, reload_run, row_metrics_at_k
-from report import mean_std, write_results
+from report import add_moved_option, mean_std, moved_folders, relocated, write_results
 
 FIGURES = ("ndcg@10", "ndcg@10, last item only", "ndcg@10, history excluded", "overlap@10", "echo@1", "echo@10")
 
@@ -103,15 +104,19 @@ def main(argv=None):
     parser.add_argument("--rows", nargs="+", required=True, metavar="LABEL=FOLDER[:VARIANT]")
     parser.add_argument("--data_path", help="folder holding the runs' datasets (default: each run's own)")
     parser.add_argument("--out", required=True)
+    add_moved_option(parser)
     args = parser.parse_args(argv)
+    moves = moved_folders(args.moved)
     rows = []
     for label, folder, variant in map(parse_row, args.rows):
         variant, runs = row_runs(folder, variant)
+        runs = [relocated(record, moves) for record in runs]
         gone = [record["seed"] for record in runs if not os.path.exists(record.get("checkpoint") or "")]
         runs = [record for record in runs if record["seed"] not in gone]
         if not runs:
             raise SystemExit(f"{label}: every checkpoint of {folder} is gone: rerun its runs with benchmarks/run.py "
-                             "(the same --work folder resumes them)")
+                             "(the same --work folder resumes them), or name their work folder's new place with "
+                             "--moved OLD=NEW")
         if gone:
             print(f"{label}: seeds {gone} skipped, their checkpoints are gone", flush=True)
         probed = []

@@ -11,7 +11,8 @@ users at hand. Both runs' checkpoints are reloaded, every test row is ranked aga
 minus the first's give a mean difference, its standard error, a 95 % interval and a two-sided p-value (the
 normal approximation of the paired t-test: thousands of rows). RecBole reports only means, so the per-row
 figures are computed here. Both runs must be scored on the same rows (same dataset and split); the script
-checks the targets match. Writes <out>/paired.json and paired.md.
+checks the targets match. Writes <out>/paired.json and paired.md. A work folder moved or renamed whole since
+its runs is named with ``--moved OLD=NEW`` (records keep absolute checkpoint paths).
 
 A label may name several runs, one per seed (``"scratch=seed1.json,seed2.json,seed3.json"``): each row's
 figures are then the mean over that label's runs before the difference is taken, so the seeds' noise
@@ -26,7 +27,7 @@ import torch
 
 from coldstart import reload_run, row_metrics_at_k, target_ranks
 from recbole_missrec.atomic import atomic_open, atomic_write_json
-from report import read_run_record
+from report import add_moved_option, moved_folders, read_run_record, relocated
 
 METRICS = ("hit@10", "ndcg@10")
 
@@ -44,7 +45,8 @@ def row_figures(record, data_path):
     """(targets [N], {metric: per-row values [N]}) of one finished run's checkpoint on its test rows."""
     if not os.path.exists(record.get("checkpoint", "")):
         raise SystemExit(f"checkpoint {record.get('checkpoint')!r} of this run is gone: rerun it with "
-                         "benchmarks/run.py (the same --work folder resumes it) before comparing")
+                         "benchmarks/run.py (the same --work folder resumes it) before comparing, or name its "
+                         "work folder's new place with --moved OLD=NEW")
     config, model, _, _, test_data = reload_run(record, data_path)
     ranks, ties, targets = target_ranks(model, test_data, config["device"])
     return targets, dict(zip(METRICS, row_metrics_at_k(ranks, ties)))
@@ -101,11 +103,13 @@ def main(argv=None):
     parser.add_argument("--runs", nargs=2, required=True, metavar="LABEL=RUN_RECORD.json[,RUN_RECORD.json...]")
     parser.add_argument("--data_path", required=True)
     parser.add_argument("--out", required=True)
+    add_moved_option(parser)
     args = parser.parse_args(argv)
+    moves = moved_folders(args.moved)
     runs = [parse_run(text) for text in args.runs]
     if runs[0][0] == runs[1][0]:
         raise SystemExit(f"--runs: give the two runs different labels, both are {runs[0][0]!r}")
-    figures = [seed_mean([row_figures(read_run_record(path), args.data_path) for path in paths])
+    figures = [seed_mean([row_figures(relocated(read_run_record(path), moves), args.data_path) for path in paths])
                for _, paths in runs]
     result = compare(*figures)
     labels = [label for label, _ in runs]

@@ -68,6 +68,47 @@ def read_run_record(path):
                          "restore it from git, or delete it and run the sweep again (that run is retrained)")
 
 
+def moved_folders(pairs):
+    """``--moved OLD=NEW`` values -> [(old, new)] absolute folder pairs."""
+    moves = []
+    for text in pairs:
+        old, separator, new = text.partition("=")
+        if not separator or not old or not new:
+            raise SystemExit(f"--moved takes OLD_FOLDER=NEW_FOLDER (a work folder moved or renamed whole), "
+                             f"got {text!r}")
+        moves.append((os.path.abspath(old), os.path.abspath(new)))
+    return moves
+
+
+def add_moved_option(parser):
+    parser.add_argument("--moved", nargs="+", default=[], metavar="OLD=NEW",
+                        help="a work folder since moved or renamed whole: the runs' records still name OLD")
+
+
+def moved_path(path, moves):
+    """``path`` under the new place of the first of ``moves`` that holds it; unchanged where none does."""
+    for old, new in moves:
+        inside = os.path.relpath(path, old)
+        if inside != os.pardir and not inside.startswith(os.pardir + os.sep):
+            return os.path.normpath(os.path.join(new, inside))
+    return path
+
+
+def relocated(record, moves):
+    """``record`` with the paths a reader reloads from (its checkpoint, its data folder) under their moved folders.
+    Records keep the absolute paths their run wrote, so a work folder moved or renamed whole is found only when
+    the reader is told (``--moved OLD=NEW``); the old place is never looked at, since a later run may have taken
+    its name."""
+    if not moves:
+        return record
+    record = dict(record)
+    if record.get("checkpoint"):
+        record["checkpoint"] = moved_path(record["checkpoint"], moves)
+    if record.get("config", {}).get("data_path"):
+        record["config"] = dict(record["config"], data_path=moved_path(record["config"]["data_path"], moves))
+    return record
+
+
 def load_runs(out_dir):
     """The run records of ``out_dir``; records written before they carried ``epoch_seconds`` get it from
     their history."""

@@ -24,7 +24,7 @@ sys.path.insert(0, BENCHMARKS)
 
 from attributes import category_path, category_tokens, prepare_working_copy  # noqa: E402
 from compare import main as compare_main  # noqa: E402
-from report import mean_std  # noqa: E402
+from report import mean_std, moved_folders, relocated  # noqa: E402
 from run import extends  # noqa: E402
 from single_run import best_epoch, summarize  # noqa: E402
 from variants import VARIANTS, expand_variants, parse_checkpoints  # noqa: E402
@@ -180,6 +180,13 @@ def test_quick_sweep_writes_reports_and_resumes(toy):
             assert result["all"]["ndcg@10"] == pytest.approx(result["recbole_valid_score"], abs=1e-4), variant
     assert (toy / "out" / "coldstart_buckets.json").read_text() == tested
     assert "| valid rows |" in (toy / "out" / "coldstart_buckets_valid.md").read_text()
+    (toy / "work").rename(toy / "renamed")  # a work folder renamed whole: found when named, never guessed
+    (toy / "out" / "coldstart_buckets.json").rename(toy / "kept.json")
+    with pytest.raises(SystemExit, match="is missing.*--moved OLD=NEW"):
+        coldstart.main(["buckets", "--results", str(toy / "out")])
+    coldstart.main(["buckets", "--results", str(toy / "out"), "--moved", f"{toy / 'work'}={toy / 'renamed'}"])
+    assert json.loads((toy / "out" / "coldstart_buckets.json").read_text()) == buckets
+    (toy / "renamed").rename(toy / "work")
 
     from reevaluate import main as reevaluate_main  # a record that lost metrics gets them back from its checkpoint
 
@@ -372,6 +379,18 @@ def test_failed_run_is_recorded_and_the_sweep_goes_on(toy):
     assert {run["variant"]: run["status"] for run in runs} == {"SASRec": "failed", "S3Rec": "failed"}
     assert all("hidden size" in run["error"] for run in runs)
     assert "Failed: SASRec seed 1" in (toy / "out" / "table.md").read_text()
+
+
+def test_a_moved_work_folder_is_found_under_its_new_name_only():
+    moves = moved_folders(["/w/hb1=/w/hb1-p10"])
+    record = {"checkpoint": "/w/hb1/saved/M__seed1/M.pth", "config": {"data_path": "/w/hb1/data", "seed": 1}}
+    assert relocated(record, moves) == {"checkpoint": "/w/hb1-p10/saved/M__seed1/M.pth",
+                                        "config": {"data_path": "/w/hb1-p10/data", "seed": 1}}
+    assert record["checkpoint"] == "/w/hb1/saved/M__seed1/M.pth"  # the record read stays as it was
+    beside = {"checkpoint": "/w/hb1-p10/saved/M__seed1/M.pth", "config": {"data_path": "/data"}}
+    assert relocated(beside, moves) == beside  # a sibling sharing the prefix is another folder
+    with pytest.raises(SystemExit, match="OLD_FOLDER=NEW_FOLDER"):
+        moved_folders(["/w/hb1"])
 
 
 def test_mean_std_over_seeds():
