@@ -275,7 +275,8 @@ def plot(table, path, title, split="test"):
 
 
 def run_buckets(args):
-    records = [relocated(record, moved_folders(args.moved)) for record in load_runs(args.results)
+    moves = moved_folders(args.moved)
+    records = [relocated(record, moves) for record in load_runs(args.results)
                if record.get("status") == "ok" and record.get("checkpoint")
                and (not args.models or record["variant"] in args.models)
                and (not args.seeds or record["seed"] in args.seeds)]
