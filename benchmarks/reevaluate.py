@@ -10,7 +10,9 @@ and its test split ranked again under the run's own config, with ``--topk`` if g
 record already holds must come out identical (RecBole rounds to 4 decimals): otherwise the checkpoint is
 not the one that produced the record, and nothing is written. The missing metrics are added to
 ``runs/<variant>__seed<N>.json`` (atomically), then the folder's results.json and table.md are rebuilt.
-``--work`` is the working directory of the evaluations (RecBole writes log/ there).
+``--work`` is the working directory of the evaluations (RecBole writes log/ there). A work folder moved or
+renamed whole since the runs is named with ``--moved OLD=NEW``: the checkpoint and data are read from the new
+place, and the record keeps the paths its run wrote, as the other readers leave them.
 """
 import argparse
 import contextlib
@@ -19,14 +21,20 @@ import os
 from recbole_missrec.atomic import atomic_write_json
 from recbole_missrec.quick_start import load_data_and_model
 from recbole_missrec.trainer import PluginTrainer
-from report import load_runs, write_reports
+from report import add_moved_option, load_runs, moved_folders, relocated, write_reports
 from run import run_id
 
 
-def evaluate_checkpoint(record, topk=None):
+def evaluate_checkpoint(record, topk=None, data_path=None):
     """The test metrics of the record's checkpoint, ranked afresh (RecBole's evaluator and rounding)."""
-    overrides = {"topk": list(topk)} if topk else None
-    config, model, _, _, _, test_data = load_data_and_model(record["checkpoint"], config_dict=overrides)
+    if not os.path.exists(record["checkpoint"]):
+        raise SystemExit(f"{record['variant']} seed {record['seed']}: its checkpoint {record['checkpoint']} is missing; "
+                         "if its work folder was moved or renamed whole, name the new place with --moved OLD=NEW")
+    overrides = {"checkpoint_dir": os.path.dirname(record["checkpoint"])}  # the trainer creates it: not at the old place
+    if topk:
+        overrides["topk"] = list(topk)
+    config, model, _, _, _, test_data = load_data_and_model(
+        record["checkpoint"], data_path=data_path or record["config"]["data_path"], config_dict=overrides)
     return {metric: float(value) for metric, value in
             PluginTrainer(config, model).evaluate(test_data, load_best_model=False, show_progress=False).items()}
 
@@ -40,14 +48,14 @@ def completed_test(record, fresh):
     return dict(record["test"], **{metric: value for metric, value in fresh.items() if metric not in record["test"]})
 
 
-def reevaluate(out_dir, topk=None):
-    """Complete every finished record of ``out_dir`` from its checkpoint; returns the (variant, seed, added
-    metrics) of the records that changed."""
+def reevaluate(out_dir, topk=None, moves=(), data_path=None):
+    """Complete every finished record of ``out_dir`` from its checkpoint (found under ``moves``); returns the
+    (variant, seed, added metrics) of the records that changed."""
     changed = []
     for record in load_runs(out_dir):
         if record["status"] != "ok":
             continue
-        test = completed_test(record, evaluate_checkpoint(record, topk))
+        test = completed_test(record, evaluate_checkpoint(relocated(record, moves), topk, data_path))
         added = sorted(set(test) - set(record["test"]))
         if added:
             path = os.path.join(out_dir, "runs", run_id(record["variant"], record["seed"]) + ".json")
@@ -61,7 +69,10 @@ def main(argv=None):
     parser.add_argument("out", help="a sweep's output folder (holding runs/*.json)")
     parser.add_argument("--topk", type=int, nargs="+", default=None, help="cut-offs to evaluate (default: each run's own)")
     parser.add_argument("--work", default=None, help="working directory of the evaluations (default: the current one)")
+    parser.add_argument("--data_path", help="folder holding the runs' datasets now (default: as recorded)")
+    add_moved_option(parser)
     args = parser.parse_args(argv)
+    moves = moved_folders(args.moved)
     out_dir = os.path.abspath(args.out)
     runs = load_runs(out_dir)
     if not runs:
@@ -69,7 +80,7 @@ def main(argv=None):
     if args.work:
         os.makedirs(args.work, exist_ok=True)
     with contextlib.chdir(args.work or os.getcwd()):
-        changed = reevaluate(out_dir, args.topk)
+        changed = reevaluate(out_dir, args.topk, moves, args.data_path)
     for variant, seed, added in changed:
         print(f"{variant} seed {seed}: added {', '.join(added)}")
     print(write_reports(out_dir, runs[0]["dataset"], list(dict.fromkeys(run["variant"] for run in runs)), draw=False))

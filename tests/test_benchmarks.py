@@ -186,7 +186,6 @@ def test_quick_sweep_writes_reports_and_resumes(toy):
         coldstart.main(["buckets", "--results", str(toy / "out")])
     coldstart.main(["buckets", "--results", str(toy / "out"), "--moved", f"{toy / 'work'}={toy / 'renamed'}"])
     assert json.loads((toy / "out" / "coldstart_buckets.json").read_text()) == buckets
-    (toy / "renamed").rename(toy / "work")
 
     from reevaluate import main as reevaluate_main  # a record that lost metrics gets them back from its checkpoint
 
@@ -194,8 +193,13 @@ def test_quick_sweep_writes_reports_and_resumes(toy):
     original = json.loads(record_path.read_text())
     trimmed = dict(original, test={"ndcg@10": original["test"]["ndcg@10"]})
     record_path.write_text(json.dumps(trimmed))
-    reevaluate_main([str(toy / "out"), "--work", str(toy / "work")])
-    assert json.loads(record_path.read_text())["test"] == original["test"]
+    with pytest.raises(SystemExit, match="is missing.*--moved OLD=NEW"):
+        reevaluate_main([str(toy / "out"), "--work", str(toy / "renamed")])
+    assert json.loads(record_path.read_text()) == trimmed
+    reevaluate_main([str(toy / "out"), "--work", str(toy / "renamed"), "--moved", f"{toy / 'work'}={toy / 'renamed'}"])
+    assert json.loads(record_path.read_text()) == original  # the paths its run wrote are kept
+    assert not (toy / "work").exists()  # nothing made at the old place
+    (toy / "renamed").rename(toy / "work")
     rebuilt = json.loads((toy / "out" / "results.json").read_text())["runs"]
     assert [run["test"] for run in rebuilt if run["variant"] == "MISSRec-inductive" and run["seed"] == 1] == [original["test"]]
     forged = json.dumps(dict(original, test=dict(original["test"], **{"ndcg@10": 0.5})))
