@@ -47,6 +47,8 @@ VARIANTS = {
         # RecBole's SASRec on the plugin's length-aware loader (batches cut to their longest history, from
         # length buckets); plain "SASRec" keeps RecBole's padded loader.
         Variant("SASRec-length-aware", "SASRec", {"trim_batches": True, "length_buckets": 16}),
+        # the same with the plugin's learned offset for a row's own history items (the ID baseline for history_bias)
+        Variant("HistorySASRec-length-aware", "HistorySASRec", {"trim_batches": True, "length_buckets": 16}),
         Variant("GRU4Rec", "GRU4Rec", {"embedding_size": HIDDEN_SIZE}),
         Variant("BERT4Rec", "BERT4Rec"),
         Variant("FDSA", "FDSA", {"selected_features": [CATEGORY_FIELD]}, needs_attributes=True),

@@ -3,7 +3,8 @@
 RecBole's ``Config`` only knows RecBole's models and its own ``properties/`` folder. Like RecBole-GNN, this
 subclass adds the plugin's files to RecBole's internal defaults, lowest priority first:
 
-    RecBole's defaults -> overall.yaml -> model/<Model>.yaml -> model/<Model>.<stage>.yaml
+    RecBole's defaults (and those of the RecBole model a plugin class extends) -> overall.yaml
+    -> model/<Model>.yaml -> model/<Model>.<stage>.yaml
     -> dataset/<dataset>.yaml -> the user's yaml files -> config_dict -> command line
 
 The stage file (``pretrain`` or ``finetune``) follows the ``train_stage`` the user asked for, or the
@@ -13,6 +14,7 @@ are read from the top-level ``properties/`` folder, their one source.
 """
 import os
 
+import recbole
 import yaml
 from recbole.config import Config
 
@@ -31,6 +33,16 @@ def plugin_config_files(model_name, dataset, train_stage=None, model_class=None)
         names.append(f"model/{model_name}.{kind}.yaml")
     names.append(f"dataset/{dataset}.yaml")
     paths = [os.path.join(folder, name) for name in names]
+    return [path for path in paths if os.path.isfile(path)]
+
+
+def recbole_base_config_files(model_class):
+    """RecBole's yaml files of the RecBole models a plugin class extends, the most general first: RecBole
+    looks up a model's defaults by the class's own name only, so a subclass of its SASRec would otherwise
+    start without SASRec's (``n_layers``, ``loss_type``, ...)."""
+    folder = os.path.join(os.path.dirname(recbole.__file__), "properties", "model")
+    paths = [os.path.join(folder, f"{base.__name__}.yaml") for base in reversed(model_class.__mro__[1:])
+             if base.__module__.startswith("recbole.model.")]
     return [path for path in paths if os.path.isfile(path)]
 
 
@@ -66,6 +78,8 @@ class PluginConfig(Config):
 
     def _load_internal_config_dict(self, model, model_class, dataset):
         super()._load_internal_config_dict(model, model_class, dataset)
+        for path in recbole_base_config_files(model_class):
+            self._update_internal_config_dict(path)
         stage = self.external_config_dict.get("train_stage") or self._model_default(model, "train_stage")
         for path in plugin_config_files(model, dataset, stage, model_class):
             loaded = self._update_internal_config_dict(path)

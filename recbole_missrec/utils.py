@@ -100,11 +100,12 @@ def _by_name(model_class, suffix, kind):
 def get_trainer(model_type, model_name, train_stage=None):
     """The trainer class of a model's stage. Plugin models: the family's own trainer if it has one, else the
     core's (``PretrainTrainer`` for a pre-training stage, ``PluginTrainer`` otherwise). RecBole's models:
-    RecBole's trainer with the plugin's weights-only checkpoints and epoch history."""
+    RecBole's trainer with the plugin's weights-only checkpoints and epoch history (also for the plugin's
+    classes that extend one of RecBole's models without the plugin's protocol)."""
     from recbole_missrec.trainer import PluginTrainer, PretrainTrainer, with_plugin_trainer
 
     model_class = plugin_models().get(model_name)
-    if model_class is None:
+    if model_class is None or not is_plugin_model(model_class):
         return with_plugin_trainer(recbole_get_trainer(model_type, model_name))
     kind = stage_kind(model_class, train_stage) if train_stage else "finetune"
     own = _by_name(model_class, "Trainer", kind)

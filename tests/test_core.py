@@ -88,7 +88,7 @@ def test_stages_are_found_by_name():
 
 
 def test_a_misspelled_model_lists_the_plugin_and_recbole_models():
-    with pytest.raises(ValueError, match=r"(?s)unknown model 'SASRecc'\. Did you mean SASRec.*plugin models: MISSRec"):
+    with pytest.raises(ValueError, match=r"(?s)unknown model 'SASRecc'\. Did you mean SASRec.*plugin models: HistorySASRec, MISSRec"):
         get_model("SASRecc")
 
 

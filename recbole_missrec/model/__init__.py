@@ -2,8 +2,9 @@
 runs as its class, with that class's yaml)."""
 from recbole_missrec.model.missrec import MISSRec
 from recbole_missrec.model.msm4sr import MSM4SR
+from recbole_missrec.model.sasrec import HistorySASRec
 from recbole_missrec.model.unisrec import UniSRec
 
 MP4SR = MSM4SR  # the name MSM4SR took in the paper's v2 and its repository
 
-__all__ = ["MISSRec", "MSM4SR", "MP4SR", "UniSRec"]
+__all__ = ["MISSRec", "MSM4SR", "MP4SR", "UniSRec", "HistorySASRec"]

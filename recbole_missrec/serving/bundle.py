@@ -170,8 +170,8 @@ def export_bundle(checkpoint, out, data_path=None):
     stored = load_state(checkpoint).get("config") or {}
     model_class = get_model(stored["model"]) if "model" in stored else None
     if model_class is None or not is_plugin_model(model_class):
-        raise BundleError(f"{checkpoint}: export takes a checkpoint of one of the plugin's models, trained by the "
-                          f"plugin")
+        raise BundleError(f"{checkpoint}: export takes a checkpoint of one of the plugin's content models (a model "
+                          f"with train stages and item features), trained by the plugin")
     if stage_kind(model_class, stored.get("train_stage")) == "pretrain":
         raise BundleError(f"{checkpoint} is a pre-training checkpoint: fine-tune it on the target dataset first "
                           f"(--pretrained=CKPT with a fine-tuning train_stage) and export that checkpoint")
