@@ -30,18 +30,12 @@ class HistorySASRec(SASRec):
                              f"got {self.loss_type!r}")
         self.history_bias = HistoryBias(self.HISTORY_SCALE)
 
-    def _all_scores(self, interaction):
-        item_seq = interaction[self.ITEM_SEQ]
-        seq_output = self.forward(item_seq, interaction[self.ITEM_SEQ_LEN])  # [B, d]
-        logits = seq_output @ self.item_embedding.weight.T  # [B, N]
-        return self.history_bias(logits, item_seq)
-
     def calculate_loss(self, interaction):
-        return self.loss_fct(self._all_scores(interaction), interaction[self.POS_ITEM_ID])
+        return self.loss_fct(self.full_sort_predict(interaction), interaction[self.POS_ITEM_ID])
 
     def predict(self, interaction):
         scores = super().predict(interaction)  # [B]
         return self.history_bias.paired(scores, interaction[self.ITEM_SEQ], interaction[self.ITEM_ID])
 
     def full_sort_predict(self, interaction):
-        return self._all_scores(interaction)
+        return self.history_bias(super().full_sort_predict(interaction), interaction[self.ITEM_SEQ])  # [B, N]
