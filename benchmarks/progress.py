@@ -47,7 +47,7 @@ def summary(run, progress_path, state):
         "epochs_without_improvement": state["cur_step"], "stopping_step": config["stopping_step"],
         "valid_metric": config["valid_metric"],
         "valid_score_per_epoch": {record["epoch"]: record["valid_score"] for record in history if "valid_score" in record},
-        "test_of_best_checkpoint": evaluate_checkpoint({"checkpoint": state["best_checkpoint"]}),
+        "test_of_best_checkpoint": evaluate_checkpoint(state["best_checkpoint"]),
         "train_seconds_per_epoch": sum(record["train_seconds"] for record in history) / max(len(history), 1),
         "progress_file": progress_path, "checkpoint": state["best_checkpoint"], "machine": machine(),
     }

@@ -25,16 +25,13 @@ from report import add_moved_option, load_runs, moved_folders, relocated, write_
 from run import run_id
 
 
-def evaluate_checkpoint(record, topk=None, data_path=None):
-    """The test metrics of the record's checkpoint, ranked afresh (RecBole's evaluator and rounding)."""
-    if not os.path.exists(record["checkpoint"]):
-        raise SystemExit(f"{record['variant']} seed {record['seed']}: its checkpoint {record['checkpoint']} is missing; "
-                         "if its work folder was moved or renamed whole, name the new place with --moved OLD=NEW")
-    overrides = {"checkpoint_dir": os.path.dirname(record["checkpoint"])}  # the trainer creates it: not at the old place
+def evaluate_checkpoint(checkpoint, topk=None, data_path=None):
+    """The test metrics of a checkpoint, ranked afresh (RecBole's evaluator and rounding); ``data_path``: where
+    its data lives now (default: as stored in it)."""
+    overrides = {"checkpoint_dir": os.path.dirname(checkpoint)}  # the trainer creates it: not at a record's old place
     if topk:
         overrides["topk"] = list(topk)
-    config, model, _, _, _, test_data = load_data_and_model(
-        record["checkpoint"], data_path=data_path or record["config"]["data_path"], config_dict=overrides)
+    config, model, _, _, _, test_data = load_data_and_model(checkpoint, data_path=data_path, config_dict=overrides)
     return {metric: float(value) for metric, value in
             PluginTrainer(config, model).evaluate(test_data, load_best_model=False, show_progress=False).items()}
 
@@ -55,7 +52,12 @@ def reevaluate(out_dir, topk=None, moves=(), data_path=None):
     for record in load_runs(out_dir):
         if record["status"] != "ok":
             continue
-        test = completed_test(record, evaluate_checkpoint(relocated(record, moves), topk, data_path))
+        found = relocated(record, moves)
+        if not os.path.exists(found["checkpoint"]):
+            raise SystemExit(f"{record['variant']} seed {record['seed']}: its checkpoint {found['checkpoint']} is "
+                             "missing; if its work folder was moved or renamed whole, name the new place with --moved OLD=NEW")
+        fresh = evaluate_checkpoint(found["checkpoint"], topk, data_path or found["config"]["data_path"])
+        test = completed_test(record, fresh)
         added = sorted(set(test) - set(record["test"]))
         if added:
             path = os.path.join(out_dir, "runs", run_id(record["variant"], record["seed"]) + ".json")
