@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import re
+import signal
 import subprocess
 import sys
 from datetime import datetime, timezone
@@ -143,6 +144,20 @@ def stream(process, log_path, prefix):
     return tail
 
 
+def stop_orphan(process):
+    """Ends a run whose sweep is stopping (Ctrl-C, ``kill``): left alone it would train on unseen, and a relaunch
+    of the sweep would start a second process on the same progress file. Its last finished epoch stays in that
+    file, so the relaunch continues from there."""
+    if process.poll() is None:
+        process.terminate()
+        process.wait()
+
+
+def stop_on_sigterm():
+    """``kill`` stops the sweep as Ctrl-C does (Python's default for SIGTERM exits at once, skipping ``finally``)."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
 def execute(spec, work_dir, threads, prefix):
     """Run single_run.py on ``spec`` in a fresh process; returns (summary or None, error tail)."""
     name = run_id(spec["variant"], spec["config"]["seed"])
@@ -156,7 +171,10 @@ def execute(spec, work_dir, threads, prefix):
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     command = [sys.executable, os.path.join(HERE, "single_run.py"), spec_path, result_path]
     process = subprocess.Popen(command, cwd=work_dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    tail = stream(process, os.path.join(work_dir, "logs", name + ".log"), prefix)
+    try:
+        tail = stream(process, os.path.join(work_dir, "logs", name + ".log"), prefix)
+    finally:
+        stop_orphan(process)
     if process.wait() == 0 and os.path.isfile(result_path):
         with open(result_path) as handle:
             return json.load(handle), None
@@ -231,6 +249,7 @@ def sweep(args, folder, name, out_dir, work_dir, checkpoints):
 
 def main(argv=None):
     args = parse_args(argv)
+    stop_on_sigterm()
     folder, name = resolve_dataset(args)
     out_dir = os.path.abspath(args.out or os.path.join(HERE, "results", name))
     work_dir = os.path.abspath(args.work or os.path.join(HERE, "work", name))

@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -105,6 +106,45 @@ def test_a_larger_budget_goes_on_from_where_a_finished_run_ended(toy):
     broken = sweep("4")
     assert "FAILED" in broken and "its finished record under budget" in broken
     assert json.loads(record_path.read_text()) == record
+
+
+def running_commands(marker):
+    """Command lines of this machine's processes that mention ``marker`` (Linux /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                command = handle.read().replace(b"\0", b" ").decode(errors="replace")
+        except (FileNotFoundError, NotADirectoryError, PermissionError, ProcessLookupError):
+            continue
+        if marker in command:
+            found.append(command)
+    return found
+
+
+def test_a_killed_sweep_takes_its_run_with_it(toy):
+    """``kill`` on run.py ends the single_run.py it started: an orphan would train on unseen and a relaunch would
+    put a second process on the same progress file."""
+    command = [sys.executable, os.path.join(BENCHMARKS, "run.py"), "--dataset", "toy", "--data_path", str(toy),
+               "--epochs", "500", "--stopping-step", "500", "--config-files", str(toy / "toy.yaml"), "--out",
+               str(toy / "out"), "--work", str(toy / "work"), "--threads", "1", "--models", "SASRec", "--seeds", "1"]
+    spec = str(toy / "work" / "specs" / "SASRec__seed1.json")
+    with open(toy / "sweep.log", "w") as log:
+        sweep = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=toy)
+        try:
+            progress = toy / "work" / "saved" / "SASRec__seed1" / "SASRec-toy-train-seed1-progress.pth"
+            for _ in range(600):
+                if progress.exists() or sweep.poll() is not None:
+                    break
+                time.sleep(0.2)
+            assert progress.exists() and running_commands(spec), (toy / "sweep.log").read_text()[-2000:]
+            sweep.terminate()
+            assert sweep.wait(timeout=60) != 0
+        finally:
+            if sweep.poll() is None:
+                sweep.kill()
+    assert running_commands(spec) == []
+    assert not (toy / "out" / "runs" / "SASRec__seed1.json").exists()
 
 
 def test_only_a_grown_epoch_cap_or_patience_of_a_one_stage_run_extends_it():
