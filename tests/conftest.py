@@ -132,10 +132,10 @@ def reevaluated_test_result(checkpoint):
     return dict(PluginTrainer(config, model).evaluate(test_data, load_best_model=False, show_progress=False))
 
 
-def check_history_offset(plain, biased, make_batch, offset, targets):
+def check_scores_offset(plain, biased, make_batch, offset, targets):
     """``biased`` (``history_bias`` set) scores as ``plain`` plus ``offset`` on each row's own history items, in
-    ``full_sort_predict`` and ``predict`` (candidates ``targets``), and reports it as ``history_offset``.
-    ``make_batch(targets)``: a test module's batch of histories and candidates."""
+    ``full_sort_predict`` and ``predict`` (candidates ``targets``). ``make_batch(targets)``: a test module's batch
+    of histories and candidates."""
     interaction = make_batch()
     hits = torch.zeros(len(interaction["item_id_list"]), plain.n_items, dtype=torch.bool)
     for row, (items, length) in enumerate(zip(interaction["item_id_list"], interaction["item_length"])):
@@ -144,6 +144,11 @@ def check_history_offset(plain, biased, make_batch, offset, targets):
     assert torch.allclose(biased.full_sort_predict(interaction), expected, atol=1e-5)
     paired = biased.predict(make_batch(targets))
     assert torch.allclose(paired, expected[torch.arange(len(targets)), torch.tensor(targets)], atol=1e-5)
+
+
+def check_history_offset(plain, biased, make_batch, offset, targets):
+    """``check_scores_offset``, and ``biased`` reports the offset as ``history_offset`` (the serving hook)."""
+    check_scores_offset(plain, biased, make_batch, offset, targets)
     assert biased.history_offset().item() == pytest.approx(offset) and plain.history_offset() is None
 
 

@@ -5,7 +5,7 @@ from recbole.model.sequential_recommender import SASRec
 from recbole.trainer import Trainer
 from recbole.utils import init_seed
 
-from conftest import reevaluated_test_result, tiny_run_config, write_benchmark_dataset
+from conftest import check_scores_offset, reevaluated_test_result, tiny_run_config, write_benchmark_dataset
 from recbole_missrec.config import PluginConfig
 from recbole_missrec.data.dataloader import data_preparation
 from recbole_missrec.model import HistorySASRec
@@ -45,17 +45,14 @@ def test_its_scores_are_sasrecs_plus_the_offset_on_history_items(tmp_path):
     with torch.no_grad():
         biased.history_bias.bias.fill_(-0.07)  # x HISTORY_SCALE 10: -0.7 in logits
     batch = next(iter(test_data))[0]
-    seq, length = batch["item_id_list"], batch["item_length"]
-    hits = torch.zeros(len(seq), plain.n_items, dtype=torch.bool)
-    for row in range(len(seq)):
-        hits[row, seq[row, :length[row]]] = True
+    seq = batch["item_id_list"]
+
+    def make_batch(targets=seq[:, 0].tolist()):
+        return dict(batch.interaction, item_id=torch.tensor(targets))
+
     with torch.no_grad():
-        expected = plain.full_sort_predict(batch) + hits * -0.7
-        assert torch.allclose(biased.full_sort_predict(batch), expected, atol=1e-5)
-        candidates = seq[:, 0].clone()  # every row's first history item, then a column of other items
-        for items in (candidates, torch.arange(len(seq)) % (plain.n_items - 1) + 1):
-            paired = biased.predict(dict(batch.interaction, item_id=items))
-            assert torch.allclose(paired, expected[torch.arange(len(seq)), items], atol=1e-5)
+        for targets in (seq[:, 0].tolist(), (torch.arange(len(seq)) % (plain.n_items - 1) + 1).tolist()):
+            check_scores_offset(plain, biased, make_batch, -0.7, targets)  # every row's first history item, then others
 
 
 def test_it_trains_end_to_end_and_learns_to_push_seen_items_down(tmp_path):
