@@ -175,16 +175,32 @@ def evaluate_run(record, data_path, split="test"):
     return result
 
 
-def earlier_bucket_results(path):
-    """{(variant, seed): result} of an earlier ``buckets`` pass over the same folder (results that carry
-    their seed), so a run whose checkpoint is gone keeps its figures when seeds are added later."""
+def run_record_of(result, records, split="test"):
+    """The run record (of {seed: record}) a ``buckets`` result on ``split`` was scored from: by seed, or, in results
+    written before they carried one, the record whose sweep figure is the result's (None when that is not unique)."""
+    if "seed" in result:
+        return records.get(result["seed"])
+    found = [record for record in records.values()
+             if result.get(sweep_figure(record, split)[0]) == sweep_figure(record, split)[1]]
+    return found[0] if len(found) == 1 else None
+
+
+def earlier_bucket_results(path, records, split):
+    """{(variant, seed): result} of an earlier ``buckets`` pass over the same folder, so a run whose checkpoint is
+    gone keeps its figures when seeds are added later. ``records`` is {variant: {seed: run record}}: a result
+    written before results carried their seed is matched to its run by the sweep figure (``run_record_of``)."""
     if not os.path.exists(path):
         return {}
-    return read_own_json(
-        path, lambda data: {(variant, result["seed"]): result
-                            for variant, results in data["per_run"].items() for result in results if "seed" in result},
-        f"a {os.path.basename(path)} written by this script",
+    per_run = read_own_json(
+        path, lambda data: data["per_run"], f"a {os.path.basename(path)} written by this script",
         "move it aside and re-run buckets; runs whose checkpoints are gone then need benchmarks/run.py again")
+    earlier = {}
+    for variant, results in per_run.items():
+        for result in results:
+            record = run_record_of(result, records.get(variant, {}), split)
+            if record is not None:
+                earlier[(variant, record["seed"])] = dict(result, seed=record["seed"])
+    return earlier
 
 
 def bucket_result(record, data_path, earlier, split="test"):
@@ -283,7 +299,10 @@ def run_buckets(args):
     if not records:
         raise SystemExit(f"no finished run with a checkpoint in {args.results}/runs (re-run benchmarks/run.py)")
     stem = os.path.join(args.results, buckets_stem(args.split))
-    earlier = earlier_bucket_results(stem + ".json")
+    by_variant = {}
+    for record in records:
+        by_variant.setdefault(record["variant"], {})[record["seed"]] = record
+    earlier = earlier_bucket_results(stem + ".json", by_variant, args.split)
     per_run = {}
     for record in records:
         result = bucket_result(record, args.data_path or record["config"]["data_path"], earlier, args.split)
@@ -551,15 +570,6 @@ def at_mix(result, mix):
     scored = [bucket for bucket in mix if "ndcg@10" in result[bucket]]
     weight = sum(mix[bucket] for bucket in scored)
     return sum(mix[bucket] * result[bucket]["ndcg@10"] for bucket in scored) / weight
-
-
-def run_record_of(result, records):
-    """The run record a ``buckets`` result was scored from: by seed, or, in results written before they carried
-    one, the record whose test NDCG@10 is the result's sweep figure (None when that is not unique)."""
-    if "seed" in result:
-        return records.get(result["seed"])
-    found = [record for record in records.values() if record["test"]["ndcg@10"] == result["recbole_test_ndcg@10"]]
-    return found[0] if len(found) == 1 else None
 
 
 def best_valid_ndcg(record):

@@ -201,6 +201,13 @@ def test_quick_sweep_writes_reports_and_resumes(toy):
     fdsa_checkpoint.rename(fdsa_checkpoint.with_suffix(".moved"))
     coldstart.main(["buckets", "--results", str(toy / "out")])
     assert json.loads((toy / "out" / "coldstart_buckets.json").read_text()) == buckets
+    fdsa_figures = [result["recbole_test_ndcg@10"] for result in buckets["per_run"]["FDSA"]]
+    assert len(set(fdsa_figures)) == 2  # the seeds' sweep figures differ, so they can name the run
+    older = {variant: [{key: value for key, value in result.items() if key != "seed"} for result in results]
+             for variant, results in buckets["per_run"].items()}  # a file written before results carried seeds
+    (toy / "out" / "coldstart_buckets.json").write_text(json.dumps(dict(buckets, per_run=older)))
+    coldstart.main(["buckets", "--results", str(toy / "out")])
+    assert json.loads((toy / "out" / "coldstart_buckets.json").read_text()) == buckets
     (toy / "out" / "coldstart_buckets.json").write_text('{"per_run": ')  # a write cut short
     with pytest.raises(SystemExit, match="coldstart_buckets.json is not .*move it aside"):
         coldstart.main(["buckets", "--results", str(toy / "out")])
