@@ -175,6 +175,14 @@ def evaluate_run(record, data_path, split="test"):
     return result
 
 
+def records_by_variant(records):
+    """{variant: {seed: run record}} of run records, the lookup ``run_record_of`` matches results against."""
+    grouped = {}
+    for record in records:
+        grouped.setdefault(record["variant"], {})[record["seed"]] = record
+    return grouped
+
+
 def run_record_of(result, records, split="test"):
     """The run record (of {seed: record}) a ``buckets`` result on ``split`` was scored from: by seed, or, in results
     written before they carried one, the record whose sweep figure is the result's (None when that is not unique)."""
@@ -299,10 +307,7 @@ def run_buckets(args):
     if not records:
         raise SystemExit(f"no finished run with a checkpoint in {args.results}/runs (re-run benchmarks/run.py)")
     stem = os.path.join(args.results, buckets_stem(args.split))
-    by_variant = {}
-    for record in records:
-        by_variant.setdefault(record["variant"], {})[record["seed"]] = record
-    earlier = earlier_bucket_results(stem + ".json", by_variant, args.split)
+    earlier = earlier_bucket_results(stem + ".json", records_by_variant(records), args.split)
     per_run = {}
     for record in records:
         result = bucket_result(record, args.data_path or record["config"]["data_path"], earlier, args.split)
@@ -588,10 +593,7 @@ def gap_rows(folder, mix):
     if not os.path.exists(path):
         raise SystemExit(f"{path} does not exist: {fix}")
     per_run = read_own_json(path, lambda data: data["per_run"], "a coldstart_buckets.json written by this script", fix)
-    records = {}
-    for record in load_runs(folder):
-        if record.get("status") == "ok":
-            records.setdefault(record["variant"], {})[record["seed"]] = record
+    records = records_by_variant(record for record in load_runs(folder) if record.get("status") == "ok")
     rows = []
     for variant, results in per_run.items():
         paired = [(result, best_valid_ndcg(run_record_of(result, records.get(variant, {})))) for result in results]
