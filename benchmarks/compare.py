@@ -19,7 +19,7 @@ import json
 import os
 from statistics import mean, stdev
 
-from report import by_variant, load_runs, mean_std, read_own_json, write_results
+from report import RESUMED_NOTE, by_variant, figure_cell, load_runs, mean_std, read_own_json, resumed, write_results
 
 METRICS = ["hit@10", "ndcg@10", "hit@11", "ndcg@11", "hit@50", "ndcg@50", "ndcg@51"]
 FIGURES = [("best_epoch", "best epoch", "{:.1f}"), ("epochs_run", "epochs run", "{:.1f}"),
@@ -65,7 +65,7 @@ def summary(label, folder, variant, runs):
     return {"label": label, "folder": folder, "variant": variant, "seeds": [run["seed"] for run in runs],
             "test": {key: values for key, values in metrics.items() if values},
             "figures": {key: [run.get(key) for run in runs] for key, _, _ in FIGURES},
-            "budget": runs[0]["budget"]}
+            "resumed": any(map(resumed, runs)), "budget": runs[0]["budget"]}
 
 
 def difference(row, reference, key="ndcg@10"):
@@ -86,9 +86,11 @@ def markdown(rows):
         cells = [row["label"], ", ".join(map(str, row["seeds"]))]
         cells += [mean_std(row["test"][key]) for key in metrics]
         cells.append("–" if row is rows[0] else f"{delta:+.4f}{' *' if beyond else ''}")
-        cells += [mean_std(row["figures"][key], fmt) for key, _, fmt in FIGURES]
+        cells += [figure_cell(key, row["figures"][key], fmt, row["resumed"]) for key, _, fmt in FIGURES]
         lines.append("| " + " | ".join(cells) + " |")
     notes = ["`*`: the difference exceeds the seed std of both rows."]
+    if any(row["resumed"] for row in rows):
+        notes.append(RESUMED_NOTE)
     notes += [f"{row['label']}: `{row['variant']}` from `{row['folder']}`, budget `{json.dumps(row['budget'], sort_keys=True)}`" for row in rows]
     return "\n".join(lines) + "\n\n" + "\n".join(f"- {note}" for note in notes) + "\n"
 

@@ -34,6 +34,22 @@ def epoch_seconds(history):
     return sum(record["train_seconds"] + record.get("valid_seconds", 0.0) for record in history)
 
 
+RESUMED_MARK = " (a)"
+RESUMED_NOTE = ("(a): a run resumed in a later process (`--resume`, or the sweep relaunched): its CPU s cover "
+                "that last process only, its train+eval s every epoch")
+
+
+def resumed(run):
+    """Whether a later process continued the run: the trainer marks the first epoch each resume trains."""
+    return any(record.get("resumed") for record in run.get("history") or [])
+
+
+def figure_cell(key, values, fmt, any_resumed):
+    """One mean ± std cell of a figure column; the process's CPU seconds marked where a run was resumed."""
+    cell = mean_std(values, fmt)
+    return cell + RESUMED_MARK if key == "cpu_seconds" and any_resumed else cell
+
+
 def read_own_json(path, extract, what, fix):
     """``extract`` applied to the JSON file at ``path``, one the benchmark scripts wrote. A file that is not
     ``what`` ends the script naming it and the ``fix`` (nothing is written first); a missing file raises
@@ -167,10 +183,13 @@ def markdown_table(runs, order):
     for name, group in by_variant(runs, order):
         cells = [name, ", ".join(str(run["seed"]) for run in group)]
         cells += [mean_std([run["test"][key] for run in group]) for key, _ in METRIC_COLUMNS]
-        cells += [mean_std([run.get(key) for run in group], fmt) for key, _, fmt in FIGURE_COLUMNS]
+        any_resumed = any(map(resumed, group))
+        cells += [figure_cell(key, [run.get(key) for run in group], fmt, any_resumed) for key, _, fmt in FIGURE_COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
     failed = [run for run in runs if run["status"] != "ok"]
     notes = ["Mean ± sample std over seeds; test metrics at the best validation epoch (valid metric NDCG@10)."]
+    if any(map(resumed, runs)):
+        notes.append(RESUMED_NOTE)
     notes += [f"Budget: `{budget}`" for budget in budgets(runs)]
     notes += [f"Machine: {machine}" for machine in machines(runs)]
     notes += [f"Failed: {run['variant']} seed {run['seed']} ({run['error'].splitlines()[-1][:120]})" for run in failed]

@@ -277,7 +277,11 @@ def release_freed_memory():
 
 class EpochHistoryMixin:
     """Keeps one record per epoch (seconds, loss and its named terms, validation results) for reports and
-    benchmarks; RecBole only logs these as text."""
+    benchmarks; RecBole only logs these as text. The first epoch a process trains after resuming a run is
+    marked ``resumed``: a report can then tell that the run's process figures (CPU time) cover only its
+    last sitting, while the per-epoch seconds cover them all."""
+
+    _resumes_here = False  # set by a resume: the next epoch trained is the first of this process
 
     def __init__(self, config, model):
         super().__init__(config, model)
@@ -304,6 +308,9 @@ class EpochHistoryMixin:
             record["train_loss_terms"] = [float(term) for term in loss]
             if self.loss_names:
                 record["loss_names"] = list(self.loss_names)
+        if self._resumes_here:
+            record["resumed"] = True
+            self._resumes_here = False
         self.history.append(record)
         return loss
 
@@ -363,6 +370,7 @@ class ResumableFitMixin:
         self.history = list(state["history"])
         self.start_epoch = state["epoch"] + 1
         self._resumed_rng = state["rng"][distributed.rank()]
+        self._resumes_here = True
 
     def _continue_random_streams(self, train_data):
         """Set the random streams a resumed run stored, once, before its first epoch."""

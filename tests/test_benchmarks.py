@@ -25,7 +25,7 @@ sys.path.insert(0, BENCHMARKS)
 
 from attributes import category_path, category_tokens, prepare_working_copy  # noqa: E402
 from compare import main as compare_main  # noqa: E402
-from report import mean_std, moved_folders, relocated  # noqa: E402
+from report import load_runs, markdown_table, mean_std, moved_folders, relocated  # noqa: E402
 from run import extends  # noqa: E402
 from single_run import best_epoch, summarize  # noqa: E402
 from variants import VARIANTS, expand_variants, parse_checkpoints  # noqa: E402
@@ -508,9 +508,21 @@ def test_tables_show_every_sitting_of_a_resumed_run(tmp_path):
     record_path = tmp_path / "a" / "runs" / "M__seed1.json"
     history = [{"epoch": epoch, "train_seconds": 100.0, "valid_seconds": 5.0} for epoch in range(3)]
     record_path.write_text(json.dumps(dict(json.loads(record_path.read_text()), history=history)))  # no epoch_seconds
-    rows = compare_main(["--rows", f"base={tmp_path / 'a'}", "--out", str(tmp_path / "out")])
+    write_runs(tmp_path / "b", "M", [0.05])
+    rows = compare_main(["--rows", f"base={tmp_path / 'a'}", f"b={tmp_path / 'b'}", "--out", str(tmp_path / "out")])
     assert rows[0]["figures"]["epoch_seconds"] == [315.0] and rows[0]["figures"]["cpu_seconds"] == [10.0]
-    assert "| 315 |" in (tmp_path / "out" / "comparison.md").read_text()
+    table = (tmp_path / "out" / "comparison.md").read_text()
+    assert "| 315 |" in table and " (a)" not in table  # no run marked resumed
+
+    history[1]["resumed"] = True  # the trainer's mark: a later process trained on from epoch 1
+    machine = {"cpu": "AMD EPYC", "cores": 2, "memory_gb": 23.5, "gpu": None, "torch": "2.13.0+cpu"}
+    record_path.write_text(json.dumps(dict(json.loads(record_path.read_text()), history=history, machine=machine)))
+    compare_main(["--refresh", "--out", str(tmp_path / "out")])
+    lines = (tmp_path / "out" / "comparison.md").read_text().splitlines()
+    assert "| 10 (a) | 315 |" in lines[2] and "| 10 | " in lines[3]  # only the resumed row's CPU s
+    assert any(line.startswith("- (a): a run resumed") for line in lines)
+    table = markdown_table(load_runs(str(tmp_path / "a")), [])  # run.py's table.md of the folder
+    assert "| 10 (a) |" in table and "- (a): a run resumed" in table
 
 
 def test_report_names_a_machine_once_across_sittings_on_different_kernels():

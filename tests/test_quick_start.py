@@ -55,6 +55,8 @@ def test_a_crashed_run_with_validation_resumes_bit_for_bit(tmp_path, model):
     resumed = run_recbole_missrec(model, "toy", config_dict=crashed_config, resume=True)
 
     assert [r["epoch"] for r in resumed["history"]] == [0, 1, 2, 3]
+    assert [r["epoch"] for r in resumed["history"] if r.get("resumed")] == [2]  # the first epoch of the new process
+    assert not any(r.get("resumed") for r in straight["history"])
     assert [r["train_loss"] for r in resumed["history"]] == [r["train_loss"] for r in straight["history"]]
     assert valid_scores(resumed) == valid_scores(straight)
     assert resumed["test_result"] == straight["test_result"]
