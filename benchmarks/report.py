@@ -34,9 +34,11 @@ def epoch_seconds(history):
     return sum(record["train_seconds"] + record.get("valid_seconds", 0.0) for record in history)
 
 
+# Figures a run's last process measures alone (user + system time, ru_maxrss): of a resumed run, its last sitting.
+PROCESS_FIGURES = {"cpu_seconds", "peak_rss_mb"}
 RESUMED_MARK = " (a)"
-RESUMED_NOTE = ("(a): a run resumed in a later process (`--resume`, or the sweep relaunched): its CPU s cover "
-                "that last process only, its train+eval s every epoch")
+RESUMED_NOTE = ("(a): a run resumed in a later process (`--resume`, or the sweep relaunched): its CPU s and peak RSS "
+                "cover that last process only, its train+eval s every epoch")
 
 
 def resumed(run):
@@ -45,9 +47,9 @@ def resumed(run):
 
 
 def figure_cell(key, values, fmt, any_resumed):
-    """One mean ± std cell of a figure column; the process's CPU seconds marked where a run was resumed."""
+    """One mean ± std cell of a figure column; a figure of the last process alone marked where a run was resumed."""
     cell = mean_std(values, fmt)
-    return cell + RESUMED_MARK if key == "cpu_seconds" and any_resumed else cell
+    return cell + RESUMED_MARK if key in PROCESS_FIGURES and any_resumed else cell
 
 
 def read_own_json(path, extract, what, fix):

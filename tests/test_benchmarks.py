@@ -519,10 +519,10 @@ def test_tables_show_every_sitting_of_a_resumed_run(tmp_path):
     record_path.write_text(json.dumps(dict(json.loads(record_path.read_text()), history=history, machine=machine)))
     compare_main(["--refresh", "--out", str(tmp_path / "out")])
     lines = (tmp_path / "out" / "comparison.md").read_text().splitlines()
-    assert "| 10 (a) | 315 |" in lines[2] and "| 10 | " in lines[3]  # only the resumed row's CPU s
+    assert "| 10 (a) | 315 | 100 (a) |" in lines[2] and "| 10 | – | 100 |" in lines[3]  # only the resumed row's
     assert any(line.startswith("- (a): a run resumed") for line in lines)
     table = markdown_table(load_runs(str(tmp_path / "a")), [])  # run.py's table.md of the folder
-    assert "| 10 (a) |" in table and "- (a): a run resumed" in table
+    assert "| 10 (a) | 315 | 100 (a) |" in table and "- (a): a run resumed" in table
 
 
 def test_report_names_a_machine_once_across_sittings_on_different_kernels():
