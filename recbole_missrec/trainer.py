@@ -278,8 +278,8 @@ def release_freed_memory():
 class EpochHistoryMixin:
     """Keeps one record per epoch (seconds, loss and its named terms, validation results) for reports and
     benchmarks; RecBole only logs these as text. The first epoch a process trains after resuming a run is
-    marked ``resumed``: a report can then tell that the run's process figures (CPU time) cover only its
-    last sitting, while the per-epoch seconds cover them all."""
+    marked ``resumed``: a report can then tell that the run's process figures (CPU time, peak RSS) cover
+    only its last sitting, while the per-epoch seconds cover them all."""
 
     _resumes_here = False  # set by a resume: the next epoch trained is the first of this process
 
