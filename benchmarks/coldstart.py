@@ -114,13 +114,13 @@ def ranks_among_scores(scores, targets):
     return (scores > target).sum(1), (scores == target).sum(1) - 1
 
 
-def row_metrics_at_k(ranks, ties=None):
-    """Per row, HIT@K and NDCG@K ([N] each) of 0-based ranks; with ``ties`` (others scored as the target)
+def row_metrics_at_k(ranks, ties=None, k=K):
+    """Per row, HIT@k and NDCG@k ([N] each) of 0-based ranks; with ``ties`` (others scored as the target)
     the expectation over a uniformly random order of the tied items: the target's rank is then uniform on
     ranks..ranks+ties."""
     ties = torch.zeros_like(ranks) if ties is None else ties
-    discount = torch.cat([torch.zeros(1), (1 / torch.log2(torch.arange(K, dtype=torch.float) + 2)).cumsum(0)])
-    first, past = ranks.clamp(max=K), (ranks + ties + 1).clamp(max=K)  # positions first..past-1 are in the top K
+    discount = torch.cat([torch.zeros(1), (1 / torch.log2(torch.arange(k, dtype=torch.float) + 2)).cumsum(0)])
+    first, past = ranks.clamp(max=k), (ranks + ties + 1).clamp(max=k)  # positions first..past-1 are in the top k
     spread = (ties + 1).float()
     return (past - first).float() / spread, (discount[past] - discount[first]) / spread
 

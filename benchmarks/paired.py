@@ -7,12 +7,12 @@
 
 Seed stds say how much a run moves with its seed; they do not say whether two checkpoints differ on the
 users at hand. Both runs' checkpoints are reloaded, every test row is ranked against all items
-(``coldstart.target_ranks``, ties as a random order), and the per-row HIT@10 and NDCG@10 of the second run
-minus the first's give a mean difference, its standard error, a 95 % interval and a two-sided p-value (the
-normal approximation of the paired t-test: thousands of rows). RecBole reports only means, so the per-row
-figures are computed here. Both runs must be scored on the same rows (same dataset and split); the script
-checks the targets match. Writes <out>/paired.json and paired.md. A work folder moved or renamed whole since
-its runs is named with ``--moved OLD=NEW`` (records keep absolute checkpoint paths).
+(``coldstart.target_ranks``, ties as a random order), and the per-row HIT@K and NDCG@K (``--topk``, 10 by
+default) of the second run minus the first's give a mean difference, its standard error, a 95 % interval and
+a two-sided p-value (the normal approximation of the paired t-test: thousands of rows). RecBole reports only
+means, so the per-row figures are computed here. Both runs must be scored on the same rows (same dataset and
+split); the script checks the targets match. Writes <out>/paired.json and paired.md. A work folder moved or
+renamed whole since its runs is named with ``--moved OLD=NEW`` (records keep absolute checkpoint paths).
 
 A label may name several runs, one per seed (``"scratch=seed1.json,seed2.json,seed3.json"``): each row's
 figures are then the mean over that label's runs before the difference is taken, so the seeds' noise
@@ -29,8 +29,6 @@ from coldstart import reload_run, row_metrics_at_k, target_ranks
 from recbole_missrec.atomic import atomic_open, atomic_write_json
 from report import add_moved_option, moved_folders, read_run_record, relocated
 
-METRICS = ("hit@10", "ndcg@10")
-
 
 def parse_run(text):
     """``LABEL=A.json[,B.json...]`` -> (label, [paths])."""
@@ -41,15 +39,24 @@ def parse_run(text):
     return label, paths
 
 
-def row_figures(record, data_path):
-    """(targets [N], {metric: per-row values [N]}) of one finished run's checkpoint on its test rows."""
+def row_figures(record, data_path, topk=(10,)):
+    """(targets [N], {"hit@K" and "ndcg@K" for each K of ``topk``: per-row values [N]}) of one finished run's
+    checkpoint on its test rows."""
     if not os.path.exists(record.get("checkpoint", "")):
         raise SystemExit(f"checkpoint {record.get('checkpoint')!r} of this run is gone: rerun it with "
                          "benchmarks/run.py (the same --work folder resumes it) before comparing, or name its "
                          "work folder's new place with --moved OLD=NEW")
     config, model, _, _, test_data = reload_run(record, data_path)
     ranks, ties, targets = target_ranks(model, test_data, config["device"])
-    return targets, dict(zip(METRICS, row_metrics_at_k(ranks, ties)))
+    return targets, per_row_metrics(ranks, ties, topk)
+
+
+def per_row_metrics(ranks, ties, topk):
+    """{"hit@K": [N], "ndcg@K": [N]} for each K of ``topk``."""
+    rows = {}
+    for k in topk:
+        rows[f"hit@{k}"], rows[f"ndcg@{k}"] = row_metrics_at_k(ranks, ties, k)
+    return rows
 
 
 def same_rows(targets, *others):
@@ -62,7 +69,7 @@ def seed_mean(figures):
     """One (targets, rows) pair of several runs' (targets, rows): each row's figures averaged over the runs."""
     targets = figures[0][0]
     same_rows(targets, *(other for other, _ in figures[1:]))
-    return targets, {key: torch.stack([rows[key] for _, rows in figures]).mean(dim=0) for key in METRICS}
+    return targets, {key: torch.stack([rows[key] for _, rows in figures]).mean(dim=0) for key in figures[0][1]}
 
 
 def paired_difference(first, second):
@@ -82,7 +89,7 @@ def compare(first, second):
     (targets_a, rows_a), (targets_b, rows_b) = first, second
     same_rows(targets_a, targets_b)
     return {key: {"first": rows_a[key].mean().item(), "second": rows_b[key].mean().item(),
-                  **paired_difference(rows_a[key], rows_b[key])} for key in METRICS}
+                  **paired_difference(rows_a[key], rows_b[key])} for key in rows_a}
 
 
 def markdown(labels, result, seeds=(1, 1)):
@@ -103,14 +110,18 @@ def main(argv=None):
     parser.add_argument("--runs", nargs=2, required=True, metavar="LABEL=RUN_RECORD.json[,RUN_RECORD.json...]")
     parser.add_argument("--data_path", required=True)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--topk", type=int, nargs="+", default=[10], metavar="K",
+                        help="the cut-offs of HIT and NDCG (default 10; e.g. 10 50)")
     add_moved_option(parser)
     args = parser.parse_args(argv)
     moves = moved_folders(args.moved)
     runs = [parse_run(text) for text in args.runs]
     if runs[0][0] == runs[1][0]:
         raise SystemExit(f"--runs: give the two runs different labels, both are {runs[0][0]!r}")
-    figures = [seed_mean([row_figures(relocated(read_run_record(path), moves), args.data_path) for path in paths])
-               for _, paths in runs]
+    if min(args.topk) < 1:
+        raise SystemExit(f"--topk takes cut-offs of 1 or more, got {args.topk}")
+    figures = [seed_mean([row_figures(relocated(read_run_record(path), moves), args.data_path, args.topk)
+                          for path in paths]) for _, paths in runs]
     result = compare(*figures)
     labels = [label for label, _ in runs]
     os.makedirs(args.out, exist_ok=True)

@@ -665,10 +665,13 @@ def test_paired_comparison_scores_the_same_rows_and_refuses_different_ones():
     assert paired.paired_difference(first, first)["p"] == 1.0
     ranks_a, ranks_b = torch.tensor([0, 12, 3]), torch.tensor([1, 0, 3])
     targets = torch.tensor([4, 5, 6])
-    rows = [(targets, dict(zip(paired.METRICS, coldstart.row_metrics_at_k(ranks)))) for ranks in (ranks_a, ranks_b)]
+    rows = [(targets, paired.per_row_metrics(ranks, None, (10, 50))) for ranks in (ranks_a, ranks_b)]
     result = paired.compare(*rows)
     assert result["hit@10"]["mean"] == pytest.approx(1 / 3) and result["hit@10"]["first"] == pytest.approx(2 / 3)
     assert result["ndcg@10"]["mean"] == pytest.approx((1 / math.log2(3) - 1 + 1) / 3)
+    # at 50 the rank-12 target of the first run counts too: both runs hit every row
+    assert result["hit@50"]["mean"] == 0 and result["hit@50"]["first"] == 1
+    assert result["ndcg@50"]["first"] == pytest.approx((1 + 1 / math.log2(14) + 1 / math.log2(5)) / 3)
     with pytest.raises(SystemExit, match="same test rows"):
         paired.compare(rows[0], (torch.tensor([4, 5, 7]), rows[1][1]))
     assert f"| NDCG@10 | {(1 + 1 / math.log2(5)) / 3:.4f} |" in paired.markdown(["a", "b"], result)
@@ -690,12 +693,23 @@ def test_paired_script_writes_its_table_from_two_run_records(tmp_path, monkeypat
         paired.main(["--runs", *records[:2], "--data_path", str(tmp_path), "--out", str(tmp_path / "out")])
     rows = {str(tmp_path / "a.pth"): torch.tensor([0.0, 1.0]), str(tmp_path / "b.pth"): torch.tensor([1.0, 1.0]),
             str(tmp_path / "c.pth"): torch.tensor([1.0, 0.0])}
-    monkeypatch.setattr(paired, "row_figures", lambda record, data_path: (
-        torch.tensor([3, 4]), {key: rows[record["checkpoint"]] for key in paired.METRICS}))
+    def metric_names(topk):
+        return [f"{metric}@{k}" for k in topk for metric in ("hit", "ndcg")]
+
+    monkeypatch.setattr(paired, "row_figures", lambda record, data_path, topk: (
+        torch.tensor([3, 4]), {key: rows[record["checkpoint"]] for key in metric_names(topk)}))
     paired.main(["--runs", *records[:2], "--data_path", str(tmp_path), "--out", str(tmp_path / "out")])
     written = json.loads((tmp_path / "out" / "paired.json").read_text())
     assert written["metrics"]["ndcg@10"]["mean"] == pytest.approx(0.5) and written["runs"]["b"][0].endswith("b.json")
+    assert list(written["metrics"]) == ["hit@10", "ndcg@10"]
     assert "| HIT@10 | 0.5000 | 1.0000 | +0.5000 |" in (tmp_path / "out" / "paired.md").read_text()
+    paired.main(["--runs", *records[:2], "--data_path", str(tmp_path), "--out", str(tmp_path / "out"),
+                 "--topk", "10", "50"])
+    assert list(json.loads((tmp_path / "out" / "paired.json").read_text())["metrics"]) == metric_names((10, 50))
+    assert "| HIT@50 | 0.5000 | 1.0000 | +0.5000 |" in (tmp_path / "out" / "paired.md").read_text()
+    with pytest.raises(SystemExit, match="--topk takes cut-offs of 1 or more"):
+        paired.main(["--runs", *records[:2], "--data_path", str(tmp_path), "--out", str(tmp_path / "out"),
+                     "--topk", "0"])
     seeds = records[1] + "," + records[2].partition("=")[2]  # b's rows [1, 1] and c's [1, 0]: mean [1, 0.5]
     paired.main(["--runs", records[0], seeds, "--data_path", str(tmp_path), "--out", str(tmp_path / "out")])
     written = json.loads((tmp_path / "out" / "paired.json").read_text())
@@ -704,9 +718,9 @@ def test_paired_script_writes_its_table_from_two_run_records(tmp_path, monkeypat
     assert "mean over 1 and 2 runs" in (tmp_path / "out" / "paired.md").read_text()
     with pytest.raises(SystemExit, match="RUN_RECORD.json\\[,"):
         paired.main(["--runs", records[0], "b=", "--data_path", str(tmp_path), "--out", str(tmp_path / "out")])
-    monkeypatch.setattr(paired, "row_figures", lambda record, data_path: (
+    monkeypatch.setattr(paired, "row_figures", lambda record, data_path, topk: (
         torch.tensor([3, 4 if record["checkpoint"].endswith("b.pth") else 5]), {key: rows[record["checkpoint"]]
-                                                                               for key in paired.METRICS}))
+                                                                               for key in metric_names(topk)}))
     with pytest.raises(SystemExit, match="same test rows"):
         paired.main(["--runs", records[0], seeds, "--data_path", str(tmp_path), "--out", str(tmp_path / "out")])
 
