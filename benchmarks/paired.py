@@ -25,7 +25,7 @@ import os
 
 import torch
 
-from coldstart import reload_run, row_metrics_at_k, target_ranks
+from coldstart import K, reload_run, row_metrics_at_k, target_ranks
 from recbole_missrec.atomic import atomic_open, atomic_write_json
 from report import add_moved_option, moved_folders, read_run_record, relocated
 
@@ -39,7 +39,7 @@ def parse_run(text):
     return label, paths
 
 
-def row_figures(record, data_path, topk=(10,)):
+def row_figures(record, data_path, topk):
     """(targets [N], {"hit@K" and "ndcg@K" for each K of ``topk``: per-row values [N]}) of one finished run's
     checkpoint on its test rows."""
     if not os.path.exists(record.get("checkpoint", "")):
@@ -110,8 +110,8 @@ def main(argv=None):
     parser.add_argument("--runs", nargs=2, required=True, metavar="LABEL=RUN_RECORD.json[,RUN_RECORD.json...]")
     parser.add_argument("--data_path", required=True)
     parser.add_argument("--out", required=True)
-    parser.add_argument("--topk", type=int, nargs="+", default=[10], metavar="K",
-                        help="the cut-offs of HIT and NDCG (default 10; e.g. 10 50)")
+    parser.add_argument("--topk", type=int, nargs="+", default=[K], metavar="K",
+                        help=f"the cut-offs of HIT and NDCG (default {K}, the bucket tables' cut-off; e.g. 10 50)")
     add_moved_option(parser)
     args = parser.parse_args(argv)
     moves = moved_folders(args.moved)

@@ -693,6 +693,7 @@ def test_paired_script_writes_its_table_from_two_run_records(tmp_path, monkeypat
         paired.main(["--runs", *records[:2], "--data_path", str(tmp_path), "--out", str(tmp_path / "out")])
     rows = {str(tmp_path / "a.pth"): torch.tensor([0.0, 1.0]), str(tmp_path / "b.pth"): torch.tensor([1.0, 1.0]),
             str(tmp_path / "c.pth"): torch.tensor([1.0, 0.0])}
+
     def metric_names(topk):
         return [f"{metric}@{k}" for k in topk for metric in ("hit", "ndcg")]
 
