@@ -125,10 +125,18 @@ def row_metrics_at_k(ranks, ties=None, k=K):
     return (past - first).float() / spread, (discount[past] - discount[first]) / spread
 
 
+def row_metrics(ranks, ties=None, topk=(K,)):
+    """{"hit@k": [N], "ndcg@k": [N]} per row for each k of ``topk`` (``row_metrics_at_k``)."""
+    rows = {}
+    for k in topk:
+        rows[f"hit@{k}"], rows[f"ndcg@{k}"] = row_metrics_at_k(ranks, ties, k)
+    return rows
+
+
 def metrics_at_k(ranks, ties=None):
-    """HIT/NDCG@K over the rows (``row_metrics_at_k``, averaged)."""
-    hit, ndcg = row_metrics_at_k(ranks, ties)
-    return {"hit@10": hit.mean().item(), "ndcg@10": ndcg.mean().item(), "rows": int(ranks.numel())}
+    """HIT/NDCG@K over the rows (``row_metrics``, averaged)."""
+    averaged = {key: values.mean().item() for key, values in row_metrics(ranks, ties).items()}
+    return {**averaged, "rows": int(ranks.numel())}
 
 
 def bucket_metrics(ranks, counts, ties=None):

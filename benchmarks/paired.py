@@ -25,7 +25,7 @@ import os
 
 import torch
 
-from coldstart import K, reload_run, row_metrics_at_k, target_ranks
+from coldstart import K, reload_run, row_metrics, target_ranks
 from recbole_missrec.atomic import atomic_open, atomic_write_json
 from report import add_moved_option, moved_folders, read_run_record, relocated
 
@@ -48,15 +48,7 @@ def row_figures(record, data_path, topk):
                          "work folder's new place with --moved OLD=NEW")
     config, model, _, _, test_data = reload_run(record, data_path)
     ranks, ties, targets = target_ranks(model, test_data, config["device"])
-    return targets, per_row_metrics(ranks, ties, topk)
-
-
-def per_row_metrics(ranks, ties, topk):
-    """{"hit@K": [N], "ndcg@K": [N]} for each K of ``topk``."""
-    rows = {}
-    for k in topk:
-        rows[f"hit@{k}"], rows[f"ndcg@{k}"] = row_metrics_at_k(ranks, ties, k)
-    return rows
+    return targets, row_metrics(ranks, ties, topk)
 
 
 def same_rows(targets, *others):

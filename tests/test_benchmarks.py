@@ -665,7 +665,7 @@ def test_paired_comparison_scores_the_same_rows_and_refuses_different_ones():
     assert paired.paired_difference(first, first)["p"] == 1.0
     ranks_a, ranks_b = torch.tensor([0, 12, 3]), torch.tensor([1, 0, 3])
     targets = torch.tensor([4, 5, 6])
-    rows = [(targets, paired.per_row_metrics(ranks, None, (10, 50))) for ranks in (ranks_a, ranks_b)]
+    rows = [(targets, coldstart.row_metrics(ranks, None, (10, 50))) for ranks in (ranks_a, ranks_b)]
     result = paired.compare(*rows)
     assert result["hit@10"]["mean"] == pytest.approx(1 / 3) and result["hit@10"]["first"] == pytest.approx(2 / 3)
     assert result["ndcg@10"]["mean"] == pytest.approx((1 / math.log2(3) - 1 + 1) / 3)
