@@ -13,6 +13,12 @@ reads their ``runs/*.json``. Writes <out>/comparison.md and comparison.json.
 so a table of many rows picks up seeds added to its folders without retyping the command:
 
     python benchmarks/compare.py --refresh --out benchmarks/results/converged/Scientific-all
+
+``--add`` does the same and puts new rows in: after the row ``--after`` names, or last; a row whose label is
+already listed is replaced where it stands, so a setting that moved to a new folder keeps its place:
+
+    python benchmarks/compare.py --add "MISSRec, text+image=benchmarks/results/converged/Scientific-mm" \\
+        --after "MISSRec, text" --out benchmarks/results/converged/Scientific-all
 """
 import argparse
 import json
@@ -31,7 +37,7 @@ FIGURES = [("best_epoch", "best epoch", "{:.1f}"), ("epochs_run", "epochs run", 
 def parse_row(text):
     label, separator, location = text.partition("=")
     if not separator or not label:
-        raise SystemExit(f"--rows takes LABEL=FOLDER[:VARIANT], got {text!r}")
+        raise SystemExit(f"--rows and --add take LABEL=FOLDER[:VARIANT], got {text!r}")
     folder, _, variant = location.partition(":")
     return label, folder, variant or None
 
@@ -44,6 +50,24 @@ def listed_rows(out):
                              "a comparison.json written by compare.py", "rebuild it with --rows LABEL=FOLDER[:VARIANT] ...")
     except FileNotFoundError:
         raise SystemExit(f"{path} does not exist: build the table once with --rows LABEL=FOLDER[:VARIANT] ...")
+
+
+def with_added(listed, added, after=None):
+    """The rows of ``listed`` with ``added`` put in: one whose label is listed replaces that row in place,
+    the others go after the row labelled ``after`` (in their order), or last without it."""
+    rows = list(listed)
+    labels = [label for label, _, _ in rows]
+    if after is not None and after not in labels:
+        raise SystemExit(f"--after {after!r} is not a row of the table; its rows are {labels}")
+    position = labels.index(after) + 1 if after is not None else len(rows)
+    for row in added:
+        if row[0] in labels:
+            rows[labels.index(row[0])] = row
+            continue
+        rows.insert(position, row)
+        labels.insert(position, row[0])
+        position += 1
+    return rows
 
 
 def row_runs(folder, variant):
@@ -100,10 +124,18 @@ def main(argv=None):
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--rows", nargs="+", metavar="LABEL=FOLDER[:VARIANT]")
     source.add_argument("--refresh", action="store_true", help="the rows of <out>/comparison.json")
+    source.add_argument("--add", nargs="+", metavar="LABEL=FOLDER[:VARIANT]",
+                        help="the rows of <out>/comparison.json and these")
+    parser.add_argument("--after", metavar="LABEL", help="with --add: the row the new rows follow (default: last)")
     parser.add_argument("--out", required=True, help="folder for comparison.md and comparison.json")
     args = parser.parse_args(argv)
+    if args.after is not None and not args.add:
+        parser.error("--after goes with --add")
+    if args.add:
+        specs = with_added(listed_rows(args.out), [parse_row(text) for text in args.add], args.after)
+    else:
+        specs = listed_rows(args.out) if args.refresh else [parse_row(text) for text in args.rows]
     rows = []
-    specs = listed_rows(args.out) if args.refresh else [parse_row(text) for text in args.rows]
     for label, folder, variant in specs:
         variant, runs = row_runs(folder, variant)
         rows.append(summary(label, folder, variant, runs))

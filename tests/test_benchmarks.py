@@ -503,6 +503,25 @@ def test_compare_refresh_rebuilds_the_listed_rows_with_new_seeds(tmp_path):
         compare_main(["--refresh", "--out", out])
 
 
+def test_compare_add_puts_rows_after_a_label_and_replaces_a_listed_one(tmp_path):
+    out = str(tmp_path / "out")
+    for name, ndcg in (("a", 0.05), ("b", 0.06), ("c", 0.07), ("d", 0.08)):
+        write_runs(tmp_path / name, "M", [ndcg])
+    compare_main(["--rows", f"first={tmp_path / 'a'}", f"last={tmp_path / 'b'}", "--out", out])
+    rows = compare_main(["--add", f"new={tmp_path / 'c'}", f"newer={tmp_path / 'd'}", "--after", "first", "--out", out])
+    assert [row["label"] for row in rows] == ["first", "new", "newer", "last"]
+    rows = compare_main(["--add", f"new={tmp_path / 'b'}", f"end={tmp_path / 'a'}", "--out", out])
+    assert [(row["label"], row["test"]["ndcg@10"]) for row in rows] == [
+        ("first", [0.05]), ("new", [0.06]), ("newer", [0.08]), ("last", [0.06]), ("end", [0.05])]
+    assert "| new | 1 | 0.1200 |" in (tmp_path / "out" / "comparison.md").read_text()  # HIT@10 of folder b
+    with pytest.raises(SystemExit, match="'nowhere' is not a row of the table"):
+        compare_main(["--add", f"x={tmp_path / 'a'}", "--after", "nowhere", "--out", out])
+    with pytest.raises(SystemExit):
+        compare_main(["--rows", f"x={tmp_path / 'a'}", "--after", "first", "--out", out])
+    assert [row["label"] for row in json.loads((tmp_path / "out" / "comparison.json").read_text())["rows"]] == [
+        "first", "new", "newer", "last", "end"]  # the refused calls left the table as it was
+
+
 def test_tables_show_every_sitting_of_a_resumed_run(tmp_path):
     write_runs(tmp_path / "a", "M", [0.05])
     record_path = tmp_path / "a" / "runs" / "M__seed1.json"
