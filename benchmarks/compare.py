@@ -61,12 +61,12 @@ def with_added(listed, added, after=None):
         raise SystemExit(f"--after {after!r} is not a row of the table; its rows are {labels}")
     position = labels.index(after) + 1 if after is not None else len(rows)
     for row in added:
+        labels = [label for label, _, _ in rows]
         if row[0] in labels:
             rows[labels.index(row[0])] = row
-            continue
-        rows.insert(position, row)
-        labels.insert(position, row[0])
-        position += 1
+        else:
+            rows.insert(position, row)
+            position += 1
     return rows
 
 
